@@ -1,0 +1,138 @@
+"""The ``ctlib`` command: ``info``, ``run``, ``index`` and ``demo``.
+
+Bad input ends with exit status 2 and one line on stderr that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+# The demo chain: notebooks run in order with their default parameters on embedded data.
+DEMO_CHAIN: tuple[str, ...] = ("notebooks/slice_interp/2026-11-23_01_preprocess.ipynb",)
+
+
+def volume_info(path: str) -> dict[str, Any]:
+    """The facts ``ctlib info`` prints for one volume."""
+    from ctlib.io import reader
+
+    kind = reader.detect_format(path)
+    volume = reader.read_volume(path)
+    hu_min, hu_max = volume.hu_range()
+    return {
+        "path": str(path),
+        "format": kind,
+        "shape": list(volume.shape),
+        "spacing_mm": [round(s, 6) for s in volume.spacing],
+        "hu_min": round(hu_min, 3),
+        "hu_max": round(hu_max, 3),
+        "modality": volume.modality,
+        "origin_lps_mm": [round(o, 4) for o in volume.origin],
+        "slice_thickness_mm": volume.slice_thickness_mm,
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    try:
+        info = volume_info(args.path)
+    except Exception as err:  # any failure to read is bad input here: one line, no traceback
+        from ctlib.io.errors import CTInputError
+
+        line = str(err) if isinstance(err, CTInputError) else f"{args.path}: {type(err).__name__}: {err}"
+        print(f"ctlib info: {' '.join(line.split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(info))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ctlib import experiments_index, run_params, runs
+
+    try:
+        overrides = dict(run_params.parse_override(item) for item in args.param)
+    except ValueError as err:
+        print(f"ctlib run: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        result = runs.run_notebook(
+            args.notebook, parameter_set=args.parameter_set, overrides=overrides, raise_on_failure=False
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"ctlib run: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    experiments_index.write_index()
+    print(json.dumps({"run_id": result.run_id, "status": result.status, "run_dir": str(result.run_dir)}))
+    if result.status != "completed":
+        print(f"ctlib run: {result.run_id} failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from ctlib import experiments_index
+
+    path = experiments_index.write_index()
+    print(path)
+    return 0
+
+
+def run_demo(chain: Sequence[str] = DEMO_CHAIN) -> list[Any]:
+    """Run the demo chain with default parameters (each step gets its upstream run id), then index."""
+    from ctlib import experiments_index, runs
+
+    try:
+        results = runs.run_chain([(notebook, None, {}) for notebook in chain])
+    except runs.RunFailed as failure:
+        results = [failure.result]
+    finally:
+        experiments_index.write_index()
+    for result in results:
+        print(f"{result.status:>9}  {result.duration_s:7.1f} s  {result.run_id}", flush=True)
+    return results
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    results = run_demo()
+    failed = [r for r in results if r.status != "completed"]
+    for r in failed:
+        print(f"ctlib demo: {r.run_id} failed: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ctlib`` command."""
+    parser = argparse.ArgumentParser(prog="ctlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="print one JSON line describing a CT volume")
+    info.add_argument("path", help="DICOM folder, NIfTI file, or OpenKBP patient (.npz or CSV folder)")
+    info.set_defaults(func=_cmd_info)
+
+    run = sub.add_parser("run", help="execute a notebook with papermill into runs/<run_id>/")
+    run.add_argument("notebook", help="path of the notebook, e.g. notebooks/slice_interp/...ipynb")
+    run.add_argument("-p", "--parameter-set", help="papermill_params/<notebook stem>/<SET>.yaml")
+    run.add_argument("-P", "--param", action="append", default=[], metavar="KEY=VALUE", help="override")
+    run.set_defaults(func=_cmd_run)
+
+    index = sub.add_parser("index", help="regenerate EXPERIMENTS_INDEX.md from runs/")
+    index.set_defaults(func=_cmd_index)
+
+    demo = sub.add_parser("demo", help="run the demo chain of notebooks on embedded data")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ctlib`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

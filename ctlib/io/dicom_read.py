@@ -1,0 +1,410 @@
+"""Read a DICOM CT series (one file per slice) into a ``Volume`` in HU.
+
+Geometry follows the DICOM Image Plane module (PS3.3 C.7.6.2): slices are sorted by the projection
+of ImagePositionPatient on the slice normal (row cosine x column cosine), never by file name or
+InstanceNumber. Bad input is refused with a one-line ``CTInputError`` naming the file(s).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from ctlib.io.errors import CTInputError
+from ctlib.io.volume import Volume
+
+# A tilted gantry shears the slices: positions drift in-plane as the slice index grows. Drift below
+# this angle (or 0.01 mm, for positions rounded in the header) is numerical noise, not tilt.
+GANTRY_TILT_TOLERANCE_DEG = 0.1
+_POSITION_NOISE_MM = 0.01
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: lives beside series, holds no image
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One series found in a folder: its UID, modality, description and files."""
+
+    series_instance_uid: str
+    modality: str
+    description: str
+    n_files: int
+    files: list[Path]
+
+
+def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
+    """Group the DICOM files under ``folder`` (recursive) by SeriesInstanceUID (headers only).
+
+    Files that are not DICOM (no 'DICM' prefix) and DICOMDIR files are skipped; a DICOM file whose
+    header cannot be parsed is refused. Series come in the order of their first file.
+    """
+    paths, source = _collect_paths(folder)
+    headers = _read_all(paths, explicit=False, source=source, stop_before_pixels=True)
+    return [_series_info(uid, items) for uid, items in _group_by_series(headers).items()]
+
+
+def read_dicom_series(
+    folder_or_files: str | os.PathLike | Iterable[str | os.PathLike],
+    series_uid: str | None = None,
+    allow_non_ct: bool = False,
+    spacing_tolerance: float = 0.01,
+    *,
+    workers: int | None = None,
+) -> Volume:
+    """Read one DICOM series into a ``Volume`` (z, y, x) float32 HU, sorted along the slice normal.
+
+    ``folder_or_files`` is a folder (searched recursively; non-DICOM files are skipped) or a list
+    of files (all must be DICOM). ``series_uid`` picks a series when there are several.
+    ``spacing_tolerance`` is relative: every step between slice positions must be within it of the
+    median step (dz is then the mean step). Compressed transfer syntaxes are decoded by pydicom's
+    handlers (pylibjpeg/openjpeg); the openjpeg decoder holds the GIL, so a series of compressed
+    slices is decoded by ``workers`` forked processes (default: one per CPU, at most 4; 1 = in this
+    process).
+    """
+    if isinstance(folder_or_files, (str, os.PathLike)):
+        paths, source = _collect_paths(folder_or_files)
+        explicit = Path(folder_or_files).is_file()
+    else:
+        paths = [Path(p) for p in folder_or_files]
+        source = paths[0].parent if paths else Path(".")
+        explicit = True
+        if not paths:
+            raise CTInputError(
+                None, "no files given: read_dicom_series needs a folder or a list of DICOM files"
+            )
+    datasets = _read_all(paths, explicit=explicit, source=source, stop_before_pixels=False)
+    groups = _group_by_series(datasets)
+    items = _select_series(groups, series_uid, source)
+    first_path, first = items[0]
+    modality = str(first.get("Modality", ""))
+    if modality != "CT" and not allow_non_ct:
+        raise CTInputError(
+            first_path,
+            f"modality is {modality or 'missing'!r}, expected 'CT' (pass allow_non_ct=True to read it anyway)",
+        )
+    for path, ds in items:
+        _check_image(path, ds)
+    _check_consistent(items)
+    if len(items) < 2:
+        raise CTInputError(
+            first_path, "single-slice series: at least 2 slices are needed to determine the slice spacing dz"
+        )
+
+    row, col, normal = _orientation(first_path, first)
+    positions = np.array([_floats(p, ds, "ImagePositionPatient", 3) for p, ds in items])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    items = [items[i] for i in order]
+    positions, along = positions[order], along[order]
+    dz = _check_spacing([p for p, _ in items], along, spacing_tolerance)
+    _check_tilt([p for p, _ in items], positions, normal)
+
+    rows, cols = int(first.Rows), int(first.Columns)
+    dy, dx = _floats(first_path, first, "PixelSpacing", 2)
+    rescale = [_rescale(p, ds) for p, ds in items]
+    array = np.empty((len(items), rows, cols), dtype=np.float32)
+    transfer_syntax = first.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
+    n_workers = _auto_workers(workers, len(items), transfer_syntax)
+    if n_workers > 1:
+        paths_sorted = [p for p, _ in items]
+        del datasets, groups, items  # the pixel data is decoded from the files by the workers
+        _decode_parallel(array, paths_sorted, rescale, n_workers)
+    else:
+        for k, (path, ds) in enumerate(items):
+            _store(array, k, _decode(path, ds), rescale[k])
+    thickness = first.get("SliceThickness")
+    return Volume(
+        array=array,
+        spacing=(dz, dy, dx),
+        origin=tuple(positions[0]),
+        direction=np.stack([row, col, normal], axis=1),
+        modality=modality or "CT",
+        slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
+        meta={
+            "format": "dicom",
+            "series_uid": str(first.get("SeriesInstanceUID", "")),
+            "series_description": str(first.get("SeriesDescription", "")),
+            "n_files": int(array.shape[0]),
+            "transfer_syntax": str(transfer_syntax),
+            "transfer_syntax_name": transfer_syntax.name,
+            "source": str(source),
+        },
+    )
+
+
+# --- finding and parsing files ---------------------------------------------------------------
+
+
+def _collect_paths(src: str | os.PathLike) -> tuple[list[Path], Path]:
+    root = Path(src)
+    if root.is_file():
+        return [root], root.parent
+    if not root.is_dir():
+        raise CTInputError(root, "no such folder or file")
+    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    if not paths:
+        raise CTInputError(root, "empty folder: no DICOM files found")
+    return paths, root
+
+
+def _read_all(
+    paths: Sequence[Path], *, explicit: bool, source: Path, stop_before_pixels: bool
+) -> list[tuple[Path, Dataset]]:
+    """Parse every file once; skip non-DICOM files in a folder, refuse broken DICOM files."""
+    out = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        except InvalidDicomError as err:
+            if explicit:
+                raise CTInputError(path, f"not a DICOM file ({err})") from None
+            continue  # a README, a thumbnail, ... beside the series
+        except Exception as err:  # pydicom raises many types on broken files
+            raise CTInputError(
+                path, f"unreadable or truncated DICOM file: {type(err).__name__}: {err}"
+            ) from None
+        if ds.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
+            continue
+        # pydicom keeps a short last value silently, and drops every element on an EOF inside an
+        # undefined-length one (encapsulated pixel data): both mean the file was cut short.
+        if _cut_short(ds.file_meta) or _cut_short(ds) or len(ds) == 0:
+            raise CTInputError(path, "truncated file: it ends inside a data element")
+        # SOPInstanceUID is mandatory in every DICOM instance and comes early (group 0008): a file
+        # without it was cut short inside an element header, which pydicom reads as a clean end.
+        if "SOPInstanceUID" not in ds:
+            raise CTInputError(path, "truncated or incomplete DICOM file: no SOPInstanceUID")
+        out.append((path, ds))
+    if not out:
+        raise CTInputError(source, f"no DICOM files found ({len(paths)} file(s), none with a DICOM header)")
+    return out
+
+
+def _cut_short(ds: Dataset) -> bool:
+    """True when the last element read holds fewer bytes than its header declares."""
+    if len(ds) == 0:
+        return False
+    elem = ds.get_item(next(reversed(ds.keys())))
+    if isinstance(elem, RawDataElement) and elem.value is not None and elem.length != 0xFFFFFFFF:
+        return len(elem.value) < elem.length
+    return False
+
+
+def _group_by_series(items: list[tuple[Path, Dataset]]) -> dict[str, list[tuple[Path, Dataset]]]:
+    groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path, ds in items:
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+    return groups
+
+
+def _series_info(uid: str, items: list[tuple[Path, Dataset]]) -> SeriesInfo:
+    first = items[0][1]
+    return SeriesInfo(
+        uid,
+        str(first.get("Modality", "")),
+        str(first.get("SeriesDescription", "")),
+        len(items),
+        [p for p, _ in items],
+    )
+
+
+def _select_series(
+    groups: dict[str, list], series_uid: str | None, source: Path
+) -> list[tuple[Path, Dataset]]:
+    listing = "; ".join(
+        f"{uid or '<empty>'!r} ({info.modality or '?'}, {info.description!r}, {info.n_files} files)"
+        for uid, info in ((u, _series_info(u, items)) for u, items in groups.items())
+    )
+    if series_uid is None:
+        if len(groups) > 1:
+            raise CTInputError(source, f"{len(groups)} series found, pass series_uid= one of: {listing}")
+        return next(iter(groups.values()))
+    if series_uid not in groups:
+        raise CTInputError(source, f"series_uid {series_uid!r} not found; series here: {listing}")
+    return groups[series_uid]
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def _floats(path: Path, ds: Dataset, keyword: str, n: int) -> np.ndarray:
+    value = ds.get(keyword)
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.array([])
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise CTInputError(path, f"{keyword} is missing or invalid ({value!r}), expected {n} finite numbers")
+    return arr
+
+
+def _check_image(path: Path, ds: Dataset) -> None:
+    if "PixelData" not in ds:
+        raise CTInputError(path, "no pixel data (not an image, or the file was truncated)")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise CTInputError(
+            path,
+            "multi-frame or multi-sample images are not supported: expected one grayscale slice per file",
+        )
+
+
+def _check_consistent(items: list[tuple[Path, Dataset]]) -> None:
+    """All slices must share Rows/Columns, PixelSpacing and ImageOrientationPatient."""
+    path0, ds0 = items[0]
+    size0 = (ds0.get("Rows"), ds0.get("Columns"))
+    spacing0 = _floats(path0, ds0, "PixelSpacing", 2)
+    iop0 = _floats(path0, ds0, "ImageOrientationPatient", 6)
+    for path, ds in items[1:]:
+        size = (ds.get("Rows"), ds.get("Columns"))
+        if size != size0:
+            raise CTInputError(path, f"Rows/Columns {size} differ from {size0} in {path0.name}")
+        spacing = _floats(path, ds, "PixelSpacing", 2)
+        if not np.allclose(spacing, spacing0, rtol=1e-4, atol=1e-6):
+            raise CTInputError(
+                path, f"PixelSpacing {spacing.tolist()} differs from {spacing0.tolist()} in {path0.name}"
+            )
+        iop = _floats(path, ds, "ImageOrientationPatient", 6)
+        if not np.allclose(iop, iop0, atol=1e-4):
+            raise CTInputError(
+                path, f"ImageOrientationPatient {iop.tolist()} differs from {iop0.tolist()} in {path0.name}"
+            )
+
+
+def _orientation(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row cosine (increasing column index x), column cosine (increasing row index y), normal."""
+    iop = _floats(path, ds, "ImageOrientationPatient", 6)
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise CTInputError(path, f"ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
+    # Headers round the cosines; re-orthonormalize (Gram-Schmidt) so Volume's direction is exact.
+    row = row / np.linalg.norm(row)
+    col = col - (col @ row) * row
+    col = col / np.linalg.norm(col)
+    return row, col, np.cross(row, col)
+
+
+def _check_spacing(paths: list[Path], along: np.ndarray, tolerance: float) -> float:
+    """Refuse duplicate positions, missing slices and non-uniform steps; return the mean step dz."""
+    steps = np.diff(along)
+    for k in np.flatnonzero(steps < _POSITION_NOISE_MM):
+        raise CTInputError(
+            paths[k + 1],
+            f"duplicate slice position {along[k]:.3f} mm along the normal, same as {paths[k].name}",
+        )
+    dz = float((along[-1] - along[0]) / (len(along) - 1))
+    typical = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - typical) > tolerance * typical)
+    if bad.size == 0:
+        return dz
+    k = int(bad[0])
+    ratio = steps[k] / typical
+    gap = f"step of {steps[k]:.4g} mm between {paths[k].name} ({along[k]:.3f} mm) and {paths[k + 1].name} ({along[k + 1]:.3f} mm)"
+    if ratio > 1.5 and abs(ratio - round(ratio)) <= tolerance * round(ratio):
+        raise CTInputError(
+            paths[k],
+            f"missing slice(s): {gap}, expected {typical:.4g} mm ({round(ratio) - 1} slice(s) missing)",
+        )
+    raise CTInputError(
+        paths[k],
+        f"non-uniform slice spacing: {gap}, expected {typical:.4g} mm +-{tolerance:.0%}; "
+        f"steps range {steps.min():.4g}..{steps.max():.4g} mm",
+    )
+
+
+def _check_tilt(paths: list[Path], positions: np.ndarray, normal: np.ndarray) -> None:
+    """Positions must step along the slice normal; an in-plane drift means a tilted gantry."""
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    drift = np.linalg.norm(offsets - along[:, None] * normal[None, :], axis=1)
+    allowed = np.maximum(
+        _POSITION_NOISE_MM, np.abs(along) * math.tan(math.radians(GANTRY_TILT_TOLERANCE_DEG))
+    )
+    k = int(np.argmax(drift - allowed))
+    if drift[k] > allowed[k]:
+        angle = math.degrees(math.atan2(drift[k], abs(along[k])))
+        raise CTInputError(
+            paths[k],
+            f"gantry tilt: slice positions step {angle:.2f} deg off the slice normal (in-plane drift {drift[k]:.3f} mm "
+            f"from {paths[0].name}); tilted series are not supported, resample them first",
+        )
+
+
+def _rescale(path: Path, ds: Dataset) -> tuple[float, float]:
+    raw_slope, raw_intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    try:
+        slope = 1.0 if raw_slope in (None, "") else float(raw_slope)
+        intercept = 0.0 if raw_intercept in (None, "") else float(raw_intercept)
+    except (TypeError, ValueError):
+        slope = intercept = math.nan
+    if slope == 0 or not math.isfinite(slope) or not math.isfinite(intercept):
+        raise CTInputError(
+            path, f"nonsense rescale: RescaleSlope {raw_slope!r}, RescaleIntercept {raw_intercept!r}"
+        )
+    return slope, intercept
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+def _decode(path: Path, ds: Dataset) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except Exception as err:
+        raise CTInputError(
+            path, f"cannot decode pixel data (corrupt or truncated?): {type(err).__name__}: {err}"
+        ) from None
+
+
+def _store(out: np.ndarray, k: int, stored: np.ndarray, rescale: tuple[float, float]) -> None:
+    """HU = stored * RescaleSlope + RescaleIntercept (the Modality LUT, PS3.3 C.11.1)."""
+    slope, intercept = rescale
+    if slope == 1.0 and intercept.is_integer():
+        out[k] = stored  # integers and an integer shift are exact in float32
+        out[k] += intercept
+    else:
+        out[k] = stored * slope + intercept  # float64, rounded once to float32
+
+
+def _auto_workers(workers: int | None, n_slices: int, transfer_syntax: pydicom.uid.UID) -> int:
+    if workers is not None:
+        return max(1, int(workers))
+    if not transfer_syntax.is_compressed or n_slices < 4:
+        return 1  # uncompressed slices are a memcpy: processes would only add overhead
+    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+        return 1  # no fork (macOS/Windows default) or inside a daemon such as a DataLoader worker
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, 4, n_slices // 2))
+
+
+def _decode_file(path: str) -> np.ndarray | str:
+    """Worker: parse and decode one file; errors come back as text (CTInputError does not pickle)."""
+    try:
+        return pydicom.dcmread(path).pixel_array
+    except Exception as err:
+        return f"cannot decode pixel data (corrupt or truncated?): {type(err).__name__}: {err}"
+
+
+def _decode_parallel(
+    out: np.ndarray, paths: list[Path], rescale: list[tuple[float, float]], workers: int
+) -> None:
+    # fork, not spawn: the children need no imports, so the pool starts in milliseconds.
+    chunk = max(1, len(paths) // (4 * workers))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for k, result in enumerate(pool.map(_decode_file, [str(p) for p in paths], chunksize=chunk)):
+                if isinstance(result, str):
+                    raise CTInputError(paths[k], result)
+                _store(out, k, result, rescale[k])
+    except (BrokenProcessPool, OSError):
+        for k, path in enumerate(paths):  # no processes to be had: decode here
+            _store(out, k, _decode(path, pydicom.dcmread(path)), rescale[k])

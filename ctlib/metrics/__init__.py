@@ -1,0 +1,1 @@
+"""Metrics: image quality (PSNR in a named HU window)."""

@@ -1,0 +1,1 @@
+"""Figures and viewers: one style for saved figures (``style``), static panels (``panels``)."""

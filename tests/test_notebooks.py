@@ -1,0 +1,59 @@
+"""Structure of every committed notebook: dated name and title, a typed ``parameters`` cell,
+parameter sets that exist and name real parameters, and outputs of the default run committed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from ctlib import paths
+
+ROOT = paths.repo_root()
+NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
+REQUIRED_SETS = ("cpu-real", "gpu")
+PARAMETER_LINE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<type>int|float|str|bool|list|dict) = .+  # \S.*$")
+
+
+def _ids(notebooks: list[Path]) -> list[str]:
+    return [p.relative_to(ROOT).as_posix() for p in notebooks]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks under notebooks/"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_structure(notebook: Path):
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}_[a-z0-9_]+\.ipynb", notebook.name), notebook.name
+    nb = nbformat.read(notebook, as_version=4)
+    title, parameters = nb.cells[0], nb.cells[1]
+    assert title.cell_type == "markdown" and re.match(r"# \d{4}-\d{2}-\d{2} ", title.source), "title first"
+    assert parameters.cell_type == "code" and "parameters" in parameters.metadata.get("tags", [])
+    names = []
+    for line in parameters.source.splitlines():
+        if not line.strip() or line.startswith("# "):
+            continue  # blank lines and banner comments group the parameters
+        match = PARAMETER_LINE.match(line)
+        assert match, f"parameter line must be `name: type = literal  # comment`: {line!r}"
+        names.append(match["name"])
+    assert len(names) == len(set(names)), "a parameter is declared twice"
+
+    sets = ROOT / "papermill_params" / notebook.stem
+    for required in REQUIRED_SETS:
+        assert (sets / f"{required}.yaml").is_file(), f"missing papermill_params/{notebook.stem}/{required}.yaml"
+    for set_file in sorted(sets.glob("*.yaml")):
+        values = yaml.safe_load(set_file.read_text()) or {}
+        unknown = set(values) - set(names)
+        assert not unknown, f"{set_file.name} sets unknown parameters {sorted(unknown)}"
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("outputs") is not None for c in code)
+    assert any(c.outputs for c in code), "commit the outputs of the default run (make golden)"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, "a committed output holds an error"
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), "outputs must come from one top-to-bottom run"

@@ -28,19 +28,19 @@ demo: venv
 
 ## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook
 test: venv
-	$(PY) -m pytest tests notebooks --nbval --nbval-current-env \
+	CTLIB_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
 
 unit: venv
 	$(PY) -m pytest tests -p no:cacheprovider
 
 nbval: venv
-	$(PY) -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+	CTLIB_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest notebooks --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 ## golden: re-execute every committed notebook in place with its defaults (refreshes the outputs nbval checks)
 golden: venv
 	find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort | \
-		xargs -n1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace
+		CTLIB_RUNS_DIR=$$(mktemp -d) xargs -n1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace
 
 bench: venv
 	$(PY) bench/io_read.py

@@ -32,10 +32,12 @@ def default_index_path() -> Path:
     return paths.repo_root() / "EXPERIMENTS_INDEX.md"
 
 
-def build_index(runs_dir: Path | None = None) -> list[dict[str, Any]]:
+def build_index(runs_dir: Path | None = None, *, include_interactive: bool = False) -> list[dict[str, Any]]:
     """One entry per ``<runs_dir>/*/run.json`` with its params and metrics, newest first.
 
     An unreadable ``run.json`` gives an entry with status ``unreadable`` and the reason as error.
+    Interactive runs (a notebook run by hand, or by nbval) are left out unless asked for: they have
+    no parameter set and nobody chose to record them.
     """
     root = Path(runs_dir or paths.runs_dir())
     entries = []
@@ -46,6 +48,8 @@ def build_index(runs_dir: Path | None = None) -> list[dict[str, Any]]:
             record = json.loads(file.read_text())
         except (OSError, ValueError) as exc:
             record = {"status": "unreadable", "error": f"run.json: {type(exc).__name__}: {exc}"}
+        if record.get("status") == "interactive" and not include_interactive:
+            continue
         git = record.get("git") or {}
         entries.append(
             {
@@ -185,4 +189,4 @@ def _display(root: Path) -> str:
     try:
         return root.resolve().relative_to(paths.repo_root()).as_posix() + "/"
     except ValueError:
-        return str(root)
+        return f"${paths.RUNS_ENV_VAR} ({root.name}/)"

@@ -133,3 +133,11 @@ def test_formatting_helpers():
         experiments_index.format_metrics({"auroc": 0.87654, "n": 12, "nan": float("nan")})
         == "auroc=0.8765, n=12, nan=nan"
     )
+
+
+def test_interactive_runs_are_left_out_unless_asked():
+    fake_run("20260101-000000_preprocess_aaaa", "2026-01-01T00:00:00Z")
+    fake_run("20260101-000001_interactive_bbbb", "2026-01-01T00:00:01Z", status="interactive")
+    assert [e["run_id"] for e in experiments_index.build_index()] == ["20260101-000000_preprocess_aaaa"]
+    both = experiments_index.build_index(include_interactive=True)
+    assert [e["status"] for e in both] == ["interactive", "completed"]

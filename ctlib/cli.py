@@ -17,12 +17,12 @@ EXIT_BAD_INPUT = 2
 DEMO_CHAIN: tuple[str, ...] = ("notebooks/slice_interp/2026-11-23_01_preprocess.ipynb",)
 
 
-def volume_info(path: str) -> dict[str, Any]:
+def volume_info(path: str, series_uid: str | None = None) -> dict[str, Any]:
     """The facts ``ctlib info`` prints for one volume."""
     from ctlib.io import reader
 
     kind = reader.detect_format(path)
-    volume = reader.read_volume(path)
+    volume = reader.read_volume(path, series_uid=series_uid)
     hu_min, hu_max = volume.hu_range()
     return {
         "path": str(path),
@@ -39,7 +39,7 @@ def volume_info(path: str) -> dict[str, Any]:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     try:
-        info = volume_info(args.path)
+        info = volume_info(args.path, series_uid=args.series)
     except Exception as err:  # any failure to read is bad input here: one line, no traceback
         from ctlib.io.errors import CTInputError
 
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print one JSON line describing a CT volume")
     info.add_argument("path", help="DICOM folder, NIfTI file, or OpenKBP patient (.npz or CSV folder)")
+    info.add_argument("--series", help="SeriesInstanceUID, when a DICOM folder holds several series")
     info.set_defaults(func=_cmd_info)
 
     run = sub.add_parser("run", help="execute a notebook with papermill into runs/<run_id>/")

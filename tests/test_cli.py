@@ -9,6 +9,7 @@ import sys
 
 import nbformat
 import numpy as np
+import pydicom
 import pytest
 import yaml
 
@@ -115,3 +116,15 @@ def test_info_reads_every_shared_volume(data_root, relative, kind, shape):
     info = json.loads(result.stdout)
     assert info["format"] == kind and info["shape"] == shape and info["modality"] == "CT"
     assert -1100 <= info["hu_min"] <= -900 and 1000 <= info["hu_max"] <= 32767 - 1024
+
+
+def test_info_picks_a_series_from_a_folder_with_two(tmp_path, capsys):
+    first = phantom.ct_phantom(shape=(4, 16, 16), seed=0)
+    dicom_write.write_dicom_series(first, tmp_path / "mixed" / "a", series_description="first")
+    dicom_write.write_dicom_series(first.with_array(first.array[:3]), tmp_path / "mixed" / "b")
+    assert cli.main(["info", str(tmp_path / "mixed")]) == 2
+    error = capsys.readouterr().err
+    assert "2 series" in error and len(error.strip().splitlines()) == 1
+    uid = pydicom.dcmread(next((tmp_path / "mixed" / "a").iterdir())).SeriesInstanceUID
+    assert cli.main(["info", str(tmp_path / "mixed"), "--series", uid]) == 0
+    assert json.loads(capsys.readouterr().out)["shape"] == [4, 16, 16]

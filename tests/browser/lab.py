@@ -194,7 +194,9 @@ def open_notebook(
 
     page.goto(base_url.rstrip("/") + "/lab", wait_until="domcontentloaded", timeout=_ms(timeout))
     try:
-        page.wait_for_function("() => !!(window.jupyterapp && window.jupyterapp.commands)", timeout=_ms(timeout))
+        page.wait_for_function(
+            "() => !!(window.jupyterapp && window.jupyterapp.commands)", timeout=_ms(timeout)
+        )
     except PlaywrightTimeoutError:
         raise AssertionError(
             "window.jupyterapp never appeared: is the server started with --LabApp.expose_app_in_browser=True?\n"
@@ -348,9 +350,8 @@ def find_widget(page: Page, css_class: str, index: int = 0, timeout: float = 30.
         locator.wait_for(state="visible", timeout=_ms(timeout))
     except PlaywrightTimeoutError:
         raise AssertionError(
-            f"no visible widget with class {css_class!r} (#{index}) within {timeout:.0f} s; a widget shown as "
-            "plain text (e.g. 'IntSlider(...)') means the ipywidgets labextension did not load\n"
-            + diagnostics(page)
+            f"no visible widget with class {css_class!r} (#{index}) within {timeout:.0f} s (if widgets show as plain text, "
+            "e.g. 'IntSlider(...)', the ipywidgets labextension did not load)\n" + diagnostics(page)
         ) from None
     locator.scroll_into_view_if_needed()
     return locator
@@ -361,12 +362,16 @@ def widget_text(page: Page, css_class: str, index: int = 0) -> str:
     return find_widget(page, css_class, index).inner_text().strip()
 
 
-def wait_for_text(page: Page, css_class: str, text: str | re.Pattern, index: int = 0, timeout: float = 30.0) -> None:
+def wait_for_text(
+    page: Page, css_class: str, text: str | re.Pattern, index: int = 0, timeout: float = 30.0
+) -> None:
     """Wait until the widget's text contains ``text`` (a string, or a regex it must match)."""
     expect(find_widget(page, css_class, index)).to_contain_text(text, timeout=_ms(timeout))
 
 
-_IMG_JS = "el => { const img = el.tagName === 'IMG' ? el : el.querySelector('img'); return img ? img.src : null; }"
+_IMG_JS = (
+    "el => { const img = el.tagName === 'IMG' ? el : el.querySelector('img'); return img ? img.src : null; }"
+)
 
 
 def image_src(page: Page, css_class: str, index: int = 0) -> str:
@@ -391,7 +396,9 @@ def image_bytes(page: Page, css_class: str, index: int = 0) -> bytes:
     return base64.b64decode(encoded)
 
 
-def wait_for_image_change(page: Page, css_class: str, old_src: str, index: int = 0, timeout: float = 30.0) -> str:
+def wait_for_image_change(
+    page: Page, css_class: str, old_src: str, index: int = 0, timeout: float = 30.0
+) -> str:
     """Wait until the widget's image ``src`` differs from ``old_src``; returns the new one.
 
     ipywidgets makes a new blob URL for every new value, so a changed src means the kernel sent a new
@@ -410,7 +417,9 @@ def wait_for_image_change(page: Page, css_class: str, old_src: str, index: int =
             polling=100,
         )
     except PlaywrightTimeoutError:
-        raise AssertionError(f"image of {css_class!r} did not change within {timeout:.0f} s\n{diagnostics(page)}") from None
+        raise AssertionError(
+            f"image of {css_class!r} did not change within {timeout:.0f} s\n{diagnostics(page)}"
+        ) from None
     return handle.json_value()
 
 
@@ -430,7 +439,11 @@ def move_slider(page: Page, css_class: str, steps: int, index: int = 0, handle: 
     knob = widget.locator(".noUi-handle").nth(handle)
     knob.focus()
     vertical = "widget-vslider" in (widget.get_attribute("class") or "")
-    key = ("ArrowUp" if steps > 0 else "ArrowDown") if vertical else ("ArrowRight" if steps > 0 else "ArrowLeft")
+    key = (
+        ("ArrowUp" if steps > 0 else "ArrowDown")
+        if vertical
+        else ("ArrowRight" if steps > 0 else "ArrowLeft")
+    )
     for _ in range(abs(steps)):
         knob.press(key)
     return slider_readout(page, css_class, index)
@@ -455,7 +468,8 @@ def select_toggle(page: Page, css_class: str, label: str, index: int = 0, timeou
              : el.querySelector('input[type=radio]') ? 'radio'
              : el.querySelector('button') ? 'buttons' : el.tagName.toLowerCase()"""
     )
-    exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+    # \s+ between words: ipywidgets shows spaces in option labels as non-breaking spaces.
+    exact = re.compile(r"^\s*" + r"\s+".join(map(re.escape, label.split())) + r"\s*$")
     if kind == "select":
         select = widget.locator("select").first
         select.select_option(label=label, timeout=_ms(timeout))

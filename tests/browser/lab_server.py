@@ -122,6 +122,8 @@ def server_env(work_dir: Path) -> dict[str, str]:
     ):
         (work_dir / sub).mkdir(parents=True, exist_ok=True)
         env[name] = str(work_dir / sub)
+    # Like every other test (tests/conftest.py), notebooks run here never write into runs/.
+    env["CTLIB_RUNS_DIR"] = str(work_dir / "runs")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -1,4 +1,4 @@
-"""Label tables for the slice viewer: names, deterministic colours, and legend entries.
+"""Label tables for the slice viewer: names, deterministic colours, and legends of what is in view.
 
 Two kinds of label overlay share one type, ``LabelSet``:
 
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from ctlib.viz import render
 
 # Hues from colour-vision-deficiency-safe palettes: Okabe & Ito (2008) without black, then
 # Paul Tol's "bright", "muted" and "light" qualitative schemes (duplicates dropped).
@@ -198,3 +200,35 @@ def legend_html(entries: list[LegendEntry], title: str = "labels", empty: str = 
     body = items or f"<div><i>{html.escape(empty)}</i></div>"
     return (f'<div style="font-size:12px;line-height:1.35"><b>{html.escape(title)}</b>'
             f'<div style="max-height:420px;overflow-y:auto">{body}</div></div>')
+
+
+def present_labels(state: render.ViewerState) -> list[int]:
+    """Label ids (or bits) visible in any pane at the current state."""
+    found: set[int] = set()
+    for volume in range(len(state.volumes)):
+        for axis in render.AXES:
+            found.update(render.render_base(state, axis, volume).present)
+    return sorted(found)
+
+
+def legend_entries(state: render.ViewerState) -> list[LegendEntry]:
+    """Legend of the labels visible in the current panes (empty when labels are off or absent)."""
+    if state.labels is None or not state.show_labels:
+        return []
+    return state.labels.legend(present_labels(state))
+
+
+def dose_legend_entries(state: render.ViewerState) -> list[LegendEntry]:
+    """One entry per isodose level, named in Gy, coloured like its line."""
+    if state.dose_gy is None or not state.isodose_levels_gy:
+        return []
+    colors = render.isodose_colors(state.isodose_levels_gy, state.dose_max_gy, state.dose_cmap)
+    return [LegendEntry(i, f"{level:g} Gy", rgb_to_hex(c))
+            for i, (level, c) in enumerate(zip(state.isodose_levels_gy, colors, strict=True))]
+
+
+def state_legend_html(state: render.ViewerState) -> tuple[str, str]:
+    """HTML of the label legend and of the isodose legend at the current state."""
+    labels = legend_html(legend_entries(state), "labels in view") if state.labels is not None else ""
+    dose = legend_html(dose_legend_entries(state), "isodose") if state.dose_gy is not None else ""
+    return labels, dose

@@ -19,12 +19,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from ctlib.data.windows import HUWindow
 from ctlib.io.volume import Volume
-from ctlib.viz.labels import LabelSet
+
+if TYPE_CHECKING:
+    from ctlib.viz.labels import LabelSet
 
 AXES = ("axial", "coronal", "sagittal")
 MAX_PANE_PX = 2048
@@ -49,6 +52,42 @@ def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
     rgb[..., 1] = gray
     rgb[..., 2] = gray
     return rgb
+
+
+def pack_rgba(rgb: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` uint8 -> ``(...)`` little-endian uint32 RGBA with alpha 255 (PIL's native pixel)."""
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    return (rgb[..., 0].astype("<u4") | rgb[..., 1].astype("<u4") << 8 | rgb[..., 2].astype("<u4") << 16
+            | np.uint32(0xFF000000))
+
+
+_GRAY_RGBA = pack_rgba(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))
+
+
+def gray_to_rgba(gray: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8 -> ``(H, W, 4)`` uint8 opaque gray, by one table lookup."""
+    return np.take(_GRAY_RGBA, gray).view(np.uint8).reshape(gray.shape + (4,))
+
+
+@functools.lru_cache(maxsize=8)
+def _label_gray_table(lut_bytes: bytes, n_labels: int, opacity: float) -> np.ndarray:
+    lut = np.frombuffer(lut_bytes, dtype=np.uint8).reshape(n_labels, 4).astype(np.float32)
+    alpha = (lut[:, 3:4] * np.float32(opacity / 255.0))[:, None, :]          # (n, 1, 1)
+    table = np.arange(256, dtype=np.float32)[None, :, None] * (1.0 - alpha)  # (n, 256, 1): same
+    table = table + lut[:, None, :3] * alpha                                  # arithmetic as _blend
+    table += 0.5
+    table[0] = np.arange(256, dtype=np.float32)[:, None]                     # background: gray
+    return pack_rgba(table.astype(np.uint8)).reshape(-1)
+
+
+def labels_over_gray(gray: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float) -> np.ndarray:
+    """``(H, W, 4)`` uint8: the pixels of ``gray_to_rgb`` + ``blend_labels``, by one lookup in a
+    (label, gray) -> RGBA table (about 20x faster than blending the masked pixels)."""
+    lut_rgba = np.ascontiguousarray(lut_rgba, dtype=np.uint8)
+    table = _label_gray_table(lut_rgba.tobytes(), len(lut_rgba), float(opacity))
+    index = labels_slice.astype(np.uint16 if len(lut_rgba) <= 256 else np.uint32) << 8
+    index |= gray
+    return np.take(table, index).view(np.uint8).reshape(gray.shape + (4,))
 
 
 @functools.lru_cache(maxsize=16)
@@ -90,6 +129,22 @@ def blend_masks(rgb: np.ndarray, bits_slice: np.ndarray, lut_rgba: np.ndarray, o
         if mask.any():
             color = np.asarray(lut_rgba[bit, :3], dtype=np.float32)
             _blend(rgb, mask, color, float(lut_rgba[bit, 3]) / 255.0 * opacity)
+    return rgb
+
+
+def label_outlines(rgb: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, mode: str = "ids") -> np.ndarray:
+    """Draw each label's 1-pixel inner boundary in its colour, in place (ids or bit-packed masks)."""
+    if mode == "bits":
+        for bit in range(len(lut_rgba)):
+            rgb[level_boundary((labels_slice >> labels_slice.dtype.type(bit)) & 1 > 0)] = lut_rgba[bit, :3]
+        return rgb
+    edge = np.zeros(labels_slice.shape, dtype=bool)
+    edge[1:] |= labels_slice[1:] != labels_slice[:-1]
+    edge[:-1] |= labels_slice[:-1] != labels_slice[1:]
+    edge[:, 1:] |= labels_slice[:, 1:] != labels_slice[:, :-1]
+    edge[:, :-1] |= labels_slice[:, :-1] != labels_slice[:, 1:]
+    edge &= labels_slice > 0
+    rgb[edge] = lut_rgba[labels_slice[edge], :3]
     return rgb
 
 
@@ -142,21 +197,24 @@ def isodose_lines(
 
 
 def draw_crosshair(
-    rgb: np.ndarray, row: int | None, col: int | None, color: Sequence[int] = (240, 228, 66), gap_px: int = 0
+    rgb: np.ndarray, row: int | None, col: int | None, color: Sequence[int] = (240, 228, 66), gap_px: int = 0,
+    width_px: int = 1,
 ) -> np.ndarray:
-    """A horizontal line at ``row`` and a vertical one at ``col`` in place, leaving a square hole of
-    half-width ``gap_px`` around the crossing so the voxel under it stays visible; ``None`` skips a line."""
+    """A horizontal line through ``row`` and a vertical one through ``col`` (``width_px`` thick), in
+    place, leaving a square hole of half-width ``gap_px`` around the crossing so the voxel under it
+    stays visible; ``None`` (or a value outside the image) skips that line."""
     height, width = rgb.shape[:2]
     has_row = row is not None and 0 <= row < height
     has_col = col is not None and 0 <= col < width
+    lo = (width_px - 1) // 2
     hole = None
     if gap_px > 0 and has_row and has_col:
         r0, c0 = max(row - gap_px, 0), max(col - gap_px, 0)
         hole = rgb[r0: row + gap_px + 1, c0: col + gap_px + 1].copy()
     if has_row:
-        rgb[row] = color
+        rgb[max(row - lo, 0): row - lo + width_px] = color
     if has_col:
-        rgb[:, col] = color
+        rgb[:, max(col - lo, 0): col - lo + width_px] = color
     if hole is not None:
         rgb[r0: r0 + hole.shape[0], c0: c0 + hole.shape[1]] = hole
     return rgb
@@ -225,6 +283,7 @@ class PaneLayout:
 
     axis: str
     shape: tuple[int, int]            # display (rows, cols)
+    pixel_mm: float                   # size of a display pixel (square)
     src_rows: np.ndarray              # display row -> source row (superior up for coronal/sagittal)
     src_cols: np.ndarray
     raw_rows: np.ndarray | None       # display row -> row of the raw array slice (None: identity)
@@ -294,7 +353,7 @@ def _pane_layout(dv: DisplayVolume, axis: str) -> PaneLayout:
     src_rows = aspect_index_map(rows_n, rows_mm, target)
     src_cols = aspect_index_map(cols_n, cols_mm, target)
     raw_rows = src_rows if axis == "axial" else nz - 1 - src_rows  # superior up
-    layout = PaneLayout(axis, (len(src_rows), len(src_cols)), src_rows, src_cols,
+    layout = PaneLayout(axis, (len(src_rows), len(src_cols)), target, src_rows, src_cols,
                         _simplify(raw_rows, rows_n), _simplify(src_cols, cols_n))
     if dv.has_overlay:
         mk, mj, mi = dv.overlay_maps or (np.arange(nz), np.arange(ny), np.arange(nx))
@@ -333,6 +392,7 @@ class ViewerState:
     dose_gy: np.ndarray | None = None         # same grid as the labels
     show_labels: bool = True
     label_opacity: float = 0.4
+    label_outline: bool = False               # outlines instead of filled labels
     show_dose: bool = True
     show_isodose: bool = True
     dose_opacity: float = 0.35
@@ -342,11 +402,11 @@ class ViewerState:
     dose_cmap: str = "turbo"
     show_crosshair: bool = True
     crosshair_color: tuple[int, int, int] = (240, 228, 66)  # Okabe-Ito yellow
-    crosshair_gap_px: int = 6
+    crosshair_gap: float = 0.012  # half-width of the hole at the crossing, as a fraction of the pane
     _cache: dict = field(default_factory=dict, repr=False)
 
     def overlay_key(self) -> tuple:
-        return (self.show_labels and self.labels is not None, self.label_opacity,
+        return (self.show_labels and self.labels is not None, self.label_opacity, self.label_outline,
                 self.show_dose and self.dose_gy is not None, self.show_isodose and self.dose_gy is not None,
                 self.dose_opacity, self.dose_max_gy, self.dose_threshold_fraction,
                 tuple(self.isodose_levels_gy), self.dose_cmap)
@@ -359,28 +419,44 @@ def slice_index(state: ViewerState, axis: str, volume: int = 0) -> int | None:
     return int(kji[a]) if inside[a] else None
 
 
-def render_base(state: ViewerState, axis: str, volume: int = 0) -> tuple[np.ndarray, list[int]]:
-    """The pane without crosshair (cached on the state) and the label ids present in it."""
+class Base(NamedTuple):
+    rgba: np.ndarray     # (H, W, 4) uint8: the pane without crosshair
+    present: list[int]   # label ids (or bits) in it
+    key: tuple           # everything the pixels depend on
+
+
+def render_base(state: ViewerState, axis: str, volume: int = 0) -> Base:
+    """The pane without crosshair (cached on the state), the labels present in it, and its cache key."""
     dv = state.volumes[volume]
     index = slice_index(state, axis, volume)
     window = dv.window or state.window
     key = (index, window.low, window.high, state.overlay_key() if dv.has_overlay else None)
     cached = state._cache.get((volume, axis))
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
+    if cached is not None and cached.key == key:
+        return cached
     layout = dv.layout(axis)
     present: list[int] = []
     if index is None:
-        rgb = np.full(layout.shape + (3,), OUTSIDE_GRAY, dtype=np.uint8)
+        rgba = gray_to_rgba(np.full(layout.shape, OUTSIDE_GRAY, dtype=np.uint8))
     else:
         gray = window_to_uint8(raw_plane(dv.volume.array, axis, index), window.low, window.high)
-        rgb = gray_to_rgb(_take(gray, layout.raw_rows, layout.raw_cols))
+        gray = _take(gray, layout.raw_rows, layout.raw_cols)
         o = int(layout.ovl_slice[index]) if dv.has_overlay else -1
+        labels = None
         if o >= 0 and state.show_labels and state.labels is not None:
             labels = _take(raw_plane(state.labels.array, axis, o), layout.ovl_rows, layout.ovl_cols)
-            blend = blend_masks if state.labels.mode == "bits" else blend_labels
-            blend(rgb, labels, state.labels.lut_rgba, state.label_opacity)
             present = state.labels.present(labels)
+        lut = state.labels.lut_rgba if labels is not None else None
+        if labels is not None and state.labels.mode == "ids" and len(lut) <= 4096 and not state.label_outline:
+            rgba = labels_over_gray(gray, labels, lut, state.label_opacity)
+        else:
+            rgba = gray_to_rgba(gray)
+            if labels is not None and state.label_outline:
+                label_outlines(rgba[..., :3], labels, lut, state.labels.mode)
+            elif labels is not None:
+                blend = blend_masks if state.labels.mode == "bits" else blend_labels
+                blend(rgba[..., :3], labels, lut, state.label_opacity)
+        rgb = rgba[..., :3]
         if o >= 0 and state.dose_gy is not None and (state.show_dose or state.show_isodose):
             dose = _take(raw_plane(state.dose_gy, axis, o), layout.ovl_rows, layout.ovl_cols)
             if state.show_dose:
@@ -389,8 +465,8 @@ def render_base(state: ViewerState, axis: str, volume: int = 0) -> tuple[np.ndar
             if state.show_isodose and state.isodose_levels_gy:
                 levels = state.isodose_levels_gy
                 isodose_lines(rgb, dose, levels, isodose_colors(levels, state.dose_max_gy, state.dose_cmap))
-    state._cache[(volume, axis)] = (key, rgb, present)
-    return rgb, present
+    state._cache[(volume, axis)] = base = Base(rgba, present, key)
+    return base
 
 
 def crosshair_pixel(state: ViewerState, axis: str, volume: int = 0) -> tuple[int | None, int | None]:
@@ -405,16 +481,23 @@ def crosshair_pixel(state: ViewerState, axis: str, volume: int = 0) -> tuple[int
     return (row if ok[0] else None), (col if ok[1] else None)
 
 
-def render_pane(state: ViewerState, axis: str, volume: int = 0, crosshair: bool | None = None) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` of the ``axis`` pane of volume number ``volume`` at the current state."""
+def render_pane_rgba(state: ViewerState, axis: str, volume: int = 0, crosshair: bool | None = None) -> np.ndarray:
+    """``(H, W, 4)`` uint8 of the ``axis`` pane of volume number ``volume`` (alpha 255): what is encoded."""
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
-    base, _ = render_base(state, axis, volume)
-    rgb = base.copy()
+    rgba = render_base(state, axis, volume).rgba.copy()
     if state.show_crosshair if crosshair is None else crosshair:
         row, col = crosshair_pixel(state, axis, volume)
-        draw_crosshair(rgb, row, col, state.crosshair_color, state.crosshair_gap_px)
-    return rgb
+        size = max(rgba.shape[:2])
+        # 2-pixel lines on panes larger than ~400 px survive the browser's downscaling to a notebook cell.
+        draw_crosshair(rgba[..., :3], row, col, state.crosshair_color,
+                       gap_px=int(round(state.crosshair_gap * size)), width_px=1 + size // 400)
+    return rgba
+
+
+def render_pane(state: ViewerState, axis: str, volume: int = 0, crosshair: bool | None = None) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` of the ``axis`` pane of volume number ``volume`` at the current state."""
+    return render_pane_rgba(state, axis, volume, crosshair)[..., :3]
 
 
 def position_from_click(state: ViewerState, axis: str, volume: int, frac_x: float, frac_y: float) -> np.ndarray:

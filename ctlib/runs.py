@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -24,6 +23,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctlib import atomic, paths, run_record
+from ctlib.run_context import (  # noqa: F401  (notebooks call these as runs.*)
+    RUN_DIR_ENV_VAR,
+    RUN_ID_ENV_VAR,
+    current_run_dir,
+    current_run_id,
+    figure_provenance,
+    new_run_id,
+    save_metrics,
+    short_name,
+    snapshot_parameters,
+)
 from ctlib.run_params import (
     RUN_ID_PARAMETER,
     notebook_defaults,
@@ -32,8 +42,6 @@ from ctlib.run_params import (
     resolve_parameters,
 )
 
-RUN_DIR_ENV_VAR = "CTLIB_RUN_DIR"
-RUN_ID_ENV_VAR = "CTLIB_RUN_ID"
 Status = Literal["running", "completed", "failed", "interactive"]
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -60,23 +68,6 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------------- run ids
-def short_name(stem: str) -> str:
-    """``2026-11-23_01_preprocess`` -> ``preprocess``: the notebook stem without date and order number."""
-    name = re.sub(r"^\d{4}-?\d{2}-?\d{2}[_-]", "", stem)
-    name = re.sub(r"^\d+[_-]", "", name)
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")
-    return name[:32] or "notebook"
-
-
-def new_run_id(notebook_stem: str) -> str:
-    """``20261123-141503_preprocess_3f9a``: UTC time, short notebook name, 4 random hex digits."""
-    stamp = run_record.utc_now().strftime("%Y%m%d-%H%M%S")
-    while True:
-        run_id = f"{stamp}_{short_name(notebook_stem)}_{secrets.token_hex(2)}"
-        if not (paths.runs_dir() / run_id).exists():
-            return run_id
-
-
 # --------------------------------------------------------------------------------- execution
 def run_notebook(
     notebook: str | Path,
@@ -321,54 +312,6 @@ def latest_run(notebook_stem: str, status: str | None = "completed") -> str | No
 
 
 # -------------------------------------------------------------------- inside the notebook
-def current_run_dir() -> Path:
-    """This notebook's run directory: ``$CTLIB_RUN_DIR`` under papermill, else a new interactive one.
-
-    Run by hand in JupyterLab, the first call creates ``runs/<id>_interactive`` with a ``run.json``
-    of status ``interactive``; later calls in the same kernel return the same folder.
-    """
-    env = os.environ.get(RUN_DIR_ENV_VAR)
-    if env:
-        path = Path(env)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    run_id = new_run_id("interactive")
-    path = paths.runs_dir() / run_id
-    path.mkdir(parents=True)
-    now = run_record.iso(run_record.utc_now())
-    atomic.write_json(
-        path / "run.json",
-        {
-            "run_id": run_id,
-            "notebook": None,
-            "notebook_stem": "interactive",
-            "parameter_set": None,
-            "status": "interactive",
-            "error": None,
-            "started_utc": now,
-            "ended_utc": None,
-            "duration_s": None,
-            **run_record.environment(),
-        },
-    )
-    os.environ[RUN_DIR_ENV_VAR], os.environ[RUN_ID_ENV_VAR] = str(path), run_id
-    return path
-
-
-def current_run_id() -> str:
-    """Id of this notebook's run (see :func:`current_run_dir`)."""
-    return current_run_dir().name
-
-
-def save_metrics(metrics: dict[str, Any], run_dir: Path | None = None) -> Path:
-    """Merge ``metrics`` into ``<run_dir>/metrics.json`` atomically (default: the current run)."""
-    file = Path(run_dir or current_run_dir()) / "metrics.json"
-    merged = json.loads(file.read_text()) if file.is_file() else {}
-    merged.update(metrics)
-    atomic.write_json(file, merged)
-    return file
-
-
 def load_metrics(run_id: str) -> dict[str, Any]:
     """The ``metrics.json`` of a run (empty if it saved none); ``FileNotFoundError`` if no such run."""
     run_dir = paths.runs_dir() / run_id
@@ -378,32 +321,17 @@ def load_metrics(run_id: str) -> dict[str, Any]:
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
-_LITERAL_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
-_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+def upstream_run_dir(notebook: str | Path, run_id: str = "") -> Path:
+    """Run directory of an upstream step, recorded in this run's ``upstream.json``.
 
-
-def snapshot_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
-    """The notebook's parameters (plain literals in ``namespace``, e.g. ``globals()`` right after the
-    parameters cell); written to ``params.json`` of an interactive run, which papermill runs already have."""
-    params = {
-        name: value for name, value in namespace.items()
-        if not name.startswith("_") and name not in _IPYTHON_NAMES and isinstance(value, _LITERAL_TYPES)
-    }
-    file = current_run_dir() / "params.json"
-    if not file.is_file():
-        atomic.write_json(file, {"parameters": params, "parameter_set": None, "overrides": {}})
-    return params
-
-
-def figure_provenance(parameters: dict[str, Any]) -> dict[str, Any]:
-    """The sidecar of a figure saved by this run: run id, notebook, git commit and the parameters."""
-    record_file = current_run_dir() / "run.json"
+    ``run_id`` names it; with ``""`` it is the newest completed run of ``notebook``, or, when there is
+    none, a fresh run of ``notebook`` with its default parameters (so every notebook runs on its own).
+    """
+    stem = notebook_stem(notebook)
+    if not run_id:
+        run_id = latest_run(stem) or run_notebook(notebook).run_id
+    run_dir = run_dir_of(run_id)
+    record_file = current_run_dir() / "upstream.json"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    git = record.get("git") or run_record.git_state()
-    return {
-        "run_id": current_run_id(),
-        "notebook": record.get("notebook"),
-        "git_commit": git.get("commit"),
-        "git_dirty": git.get("dirty"),
-        "parameters": parameters,
-    }
+    atomic.write_json(record_file, {**record, stem: run_id})
+    return run_dir

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from ctlib import paths, run_params, run_record, runs
+from ctlib import paths, run_context, run_params, run_record, runs
 
 TOY_STEM = "2026-01-01_01_toy"
 TOY_PARAMETERS = """\
@@ -70,7 +70,7 @@ def test_new_run_id_format_and_existing_ids_skipped(monkeypatch):
     fixed = run_record.utc_now()
     monkeypatch.setattr(run_record, "utc_now", lambda: fixed)
     hexes = iter(["aaaa", "aaaa", "bbbb"])
-    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(hexes))
+    monkeypatch.setattr(run_context.secrets, "token_hex", lambda n: next(hexes))
     first = runs.new_run_id("toy")
     (paths.runs_dir() / first).mkdir(parents=True)
     second = runs.new_run_id("toy")
@@ -236,3 +236,22 @@ def test_chain_wires_upstream_run_id(toy, tmp_path):
     params = json.loads((downstream.run_dir / "params.json").read_text())
     assert params["parameters"] == {"toy_run_id": upstream.run_id}
     assert runs.load_metrics(downstream.run_id) == {"upstream_score": 0.75}
+
+
+def test_upstream_run_dir_named_latest_or_fresh(tmp_path, monkeypatch):
+    """An explicit id wins; "" takes the newest completed run, or runs the upstream notebook once."""
+    notebook = tmp_path / "2026-01-01_01_up.ipynb"
+    params = new_code_cell("alpha = 1  # int: a parameter", metadata={"tags": ["parameters"]})
+    body = new_code_cell("from ctlib import runs\nruns.save_metrics({'alpha': alpha})")
+    nb = new_notebook(cells=[params, body])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, notebook)
+    monkeypatch.setenv(runs.RUN_DIR_ENV_VAR, str(tmp_path / "consumer"))
+
+    fresh = runs.upstream_run_dir(notebook)
+    assert runs.read_run(fresh.name)["status"] == "completed"
+    again = runs.upstream_run_dir(notebook)  # reuses the completed run instead of running again
+    assert again == fresh and len(list(paths.runs_dir().iterdir())) == 1
+    assert json.loads((tmp_path / "consumer" / "upstream.json").read_text()) == {notebook.stem: fresh.name}
+    with pytest.raises(FileNotFoundError):
+        runs.upstream_run_dir(notebook, "20200101-000000_up_0000")

@@ -1,0 +1,110 @@
+"""Denoising training loss (Ho et al. 2020) for eps / v / x0 prediction, with optional min-SNR-gamma
+weighting (Hang et al. 2023), and the one convention for calling the denoiser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ctlib.diffusion import parameterization
+from ctlib.diffusion.parameterization import Prediction
+from ctlib.diffusion.schedules import NoiseSchedule, snr
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def unet_call(model: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    """Call the denoiser as ``model(cat([x_t, cond], dim=1), t)``: channel-concatenated conditioning
+    and raw integer timesteps ``t`` of shape (B,). Works for MONAI's ``DiffusionModelUNet``
+    (``forward(x, timesteps)``) and any callable ``(x, timesteps) -> out``; ``cond=None`` is unconditional.
+    x_t: (B, C, D, H, W); cond: (B, C_cond, D, H, W); returns (B, C, D, H, W)."""
+    if cond is not None:
+        if cond.shape[0] != x_t.shape[0] or cond.shape[2:] != x_t.shape[2:]:
+            raise ValueError(
+                f"unet_call: condition shape {tuple(cond.shape)} does not match x_t {tuple(x_t.shape)} "
+                "outside the channel axis (it is concatenated along dim 1)"
+            )
+        x = torch.cat([x_t, cond.to(dtype=x_t.dtype)], dim=1)
+    else:
+        x = x_t
+    return model(x, t)
+
+
+def min_snr_weight(snr_t: torch.Tensor, *, gamma: float, kind: Prediction) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) that makes each parameterization's MSE equal to
+    ``min(SNR, gamma) * ||x0 - x0_hat||^2``: eps ``min(SNR, g) / SNR``, v ``min(SNR, g) / (SNR + 1)``,
+    x0 ``min(SNR, g)``."""
+    parameterization.check_prediction(kind)
+    if not gamma > 0:
+        raise ValueError(f"min_snr_weight: gamma must be > 0 (Hang et al. use 5), got {gamma}")
+    clipped = torch.clamp(snr_t, max=gamma)
+    if kind == "epsilon":
+        # min(SNR, g) / SNR written as min(1, g / SNR) so that SNR = 0 gives 1, not 0 / 0.
+        return torch.clamp(gamma / snr_t, max=1.0)
+    if kind == "v":
+        return clipped / (snr_t + 1.0)
+    return clipped
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (reproducible across devices), moved to ``like``."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def diffusion_loss(
+    model: Denoiser,
+    x0: torch.Tensor,
+    cond: torch.Tensor | None,
+    schedule: NoiseSchedule,
+    *,
+    prediction: Prediction,
+    min_snr_gamma: float | None = None,
+    generator: torch.Generator | None = None,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Denoising diffusion loss (Ho et al. 2020, eq. 14), for eps / v / x0 targets, optionally
+    min-SNR-gamma weighted (Hang et al. 2023).
+
+    Draws ``t ~ U{0, ..., T-1}`` (raw integer timesteps, the scale the sampler uses too) and
+    ``eps ~ N(0, I)`` unless given, forms ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps``, and returns
+    the batch mean of per-sample ``weight * mean((model(x_t, t | cond) - target)^2)``.
+
+    x0: (B, C, D, H, W); cond: (B, C_cond, D, H, W) or None. Returns ``(loss, info)`` with ``info``
+    holding the detached ``t``, ``snr``, ``weight`` and ``per_sample`` loss, each of shape (B,).
+    """
+    parameterization.check_prediction(prediction)
+    batch = x0.shape[0]
+    T = schedule.num_train_timesteps
+    if timesteps is None:
+        device = generator.device if generator is not None else x0.device
+        timesteps = torch.randint(0, T, (batch,), generator=generator, device=device)
+    t = timesteps.to(device=x0.device, dtype=torch.long)
+    if t.shape != (batch,):
+        raise ValueError(f"diffusion_loss: timesteps must have shape ({batch},), got {tuple(t.shape)}")
+    if noise is None:
+        noise = _randn(tuple(x0.shape), generator, x0)
+
+    x_t = parameterization.q_sample(x0, t, noise, schedule)
+    target = parameterization.training_target(prediction, x0, noise, t, schedule)
+    out = unet_call(model, x_t, t, cond)
+    if out.shape != target.shape:
+        raise ValueError(f"diffusion_loss: model output {tuple(out.shape)} != target {tuple(target.shape)}")
+
+    per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    snr_t = snr(schedule, t)
+    if min_snr_gamma is None:
+        weight = torch.ones_like(snr_t)
+    else:
+        weight = min_snr_weight(snr_t, gamma=min_snr_gamma, kind=prediction)
+    loss = (weight.to(per_sample.dtype) * per_sample).mean()
+    info = {
+        "t": t.detach(),
+        "snr": snr_t.detach(),
+        "weight": weight.detach(),
+        "per_sample": per_sample.detach(),
+    }
+    return loss, info

@@ -1,1 +1,1 @@
-"""Metrics: image quality (PSNR in a named HU window)."""
+"""Metrics: image quality (PSNR, per-slice SSIM in a named HU window) and the slice-interpolation protocol."""

@@ -218,3 +218,11 @@ def test_real_ct_x6_pairs_and_linear_baseline_psnr(data_root):
     assert psnr_all > psnr_synth
     cubic = windows.to_unit(thick_slices.upsample_cubic_z(pair.thick, 6).array, windows.FULL)
     assert abs(_psnr_unit(cubic[pair.synthesized], ref[pair.synthesized]) - psnr_synth) < 1.5
+
+
+def test_odd_slab_wider_than_factor_marks_only_slices_inside_the_crop():
+    volume = Volume(np.arange(20, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32),
+                    spacing=(1.0, 1.0, 1.0))
+    pair = thick_slices.thick_thin_pair(volume, 2, slab=5)
+    assert pair.observed.shape == (pair.thin.shape[0],)
+    assert pair.observed.sum() == np.sum(pair.thin_index_of_thick < pair.thin.shape[0])

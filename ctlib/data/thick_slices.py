@@ -163,7 +163,9 @@ def thick_thin_pair(
     thin_index = centre0 + factor * np.arange(n_thick, dtype=np.float64)
     observed = np.zeros(n_thin, dtype=bool)
     if float(centre0).is_integer():
-        observed[thin_index.astype(int)] = True
+        # With a slab wider than the factor the last centres can fall past the thin crop.
+        inside = thin_index[thin_index < n_thin].astype(int)
+        observed[inside] = True
     return ThickThinPair(thick, thin, factor, mode, slab, offset, thin_index, observed)
 
 

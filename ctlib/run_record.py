@@ -143,3 +143,18 @@ def environment_summary() -> str:
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
     device = env.get("device") or {}
     return f"git: {commit}\npackages: {versions}\ndevice: {device}"
+
+
+def machine_info(packages: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
+    """Where a benchmark ran: platform, CPUs and their load, Python, package versions, CUDA device."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": cpus,
+        "python": platform.python_version(),
+        "packages": package_versions(tuple(dict.fromkeys((*packages, "ctlib")))),
+        "device": device_info(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }

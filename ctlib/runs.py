@@ -223,6 +223,14 @@ def _this_interpreter_kernel_manager() -> type:
                 )
             return self._kernel_spec
 
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            # The kernel's own log (e.g. ipykernel's warning about TCP without encryption) goes to
+            # the run directory, not into the output of a notebook that started this run.
+            run_dir = os.environ.get(RUN_DIR_ENV_VAR)
+            if run_dir and "stderr" not in kw:
+                kw["stderr"] = open(Path(run_dir) / "kernel.log", "ab")  # the kernel process owns it
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
     return ThisInterpreterKernelManager
 
 

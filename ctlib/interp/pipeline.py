@@ -1,0 +1,329 @@
+"""Full-volume slice interpolation by latent diffusion: thick CT in, thin CT (and an uncertainty map) out.
+
+Steps (Rombach et al. 2022 with a 3D denoiser over per-slice 2D latents):
+
+1. Thin grid: ``n_thin = n_thick * factor`` slices, thin slices centred within each thick slab
+   (``thick_slices.upsample_z``); the linear z-interpolation, window-normalized and padded in-plane to
+   a multiple of the VAE and U-Net factors, is the condition.
+2. The condition is VAE-encoded slice by slice, ``chunk`` slices per call.
+3. Latents are sampled in overlapping z-windows of ``window_depth`` thin slices, each conditioned on
+   its part of the condition, and blended with linear ramps in the overlaps (weights sum to 1).
+   The starting noise of latent slice z is a function of ``(seed, sample, z)`` only, so every window
+   that covers z starts from the same noise and the result hardly depends on the window layout; the
+   per-step noise (eta > 0) is seeded by ``(seed, sample, window)``.
+4. Latents are decoded slice by slice (``chunk`` per call) and mapped back to HU.
+5. Data consistency (optional): each slab of thin slices is shifted per pixel so that its mean equals
+   the observed thick slice (``slab``), or the observed slices are set (``decimate``).
+6. ``samples`` draws give the per-voxel mean and standard deviation (uncertainty) in HU.
+
+Network memory is bounded by ``window_depth`` and ``chunk``, whatever the depth of the volume; the
+host holds the full-resolution condition and the running mean / std.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ctlib.data import body_mask, thick_slices, windows
+from ctlib.diffusion import samplers
+from ctlib.interp.bundle import Interpolator
+from ctlib.interp.latent_diffusion import denoiser
+from ctlib.io.volume import Volume
+from ctlib.models import vae as vae_module
+
+Consistency = Literal["auto", "slab", "decimate"]
+DEFAULT_WINDOW_DEPTH = 48  # thin slices per z-window, rounded up to the U-Net's depth multiple
+
+
+@dataclasses.dataclass
+class InterpolationResult:
+    """Output of ``interpolate_volume``; volumes are ``(n_thin, y, x)`` in HU on the thin grid."""
+
+    mean: Volume  # mean over the samples, after data consistency when asked
+    std: Volume | None  # per-voxel standard deviation over the samples (None for one sample)
+    raw: Volume | None  # mean before data consistency (only with ``return_raw``)
+    residual_before_hu: float  # mean |slab mean - thick| inside the body, before data consistency
+    residual_after_hu: float  # the same for ``mean`` (equal to before without data consistency)
+    seconds: float  # wall time of the whole call
+    seconds_per_step: float  # sampling time per denoising step over the whole volume, per sample
+    windows: list[tuple[int, int]]  # [start, stop) of each z-window on the thin grid
+    settings: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ z-windows
+def window_spans(n: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of overlapping windows of ``window`` slices covering ``0..n-1``, evenly spread.
+
+    One window ``(0, n)`` when ``n <= window``; otherwise the fewest windows whose neighbours overlap
+    by at least ``overlap`` slices (less by at most one from rounding), the last ending at ``n``.
+    """
+    if window < 1 or not 0 <= overlap < window:
+        raise ValueError(f"window_spans: need window >= 1 and 0 <= overlap < window, got {window}, {overlap}")
+    if n <= window:
+        return [(0, n)]
+    count = math.ceil((n - overlap) / (window - overlap))
+    starts = np.rint(np.linspace(0, n - window, count)).astype(int)
+    return [(int(s), int(s) + window) for s in starts]
+
+
+def blend_weights(spans: list[tuple[int, int]], n: int) -> list[np.ndarray]:
+    """Per-window z-weights, linear ramps across each overlap, normalized so they sum to 1 at every z."""
+    raw = []
+    for i, (start, stop) in enumerate(spans):
+        j = np.arange(stop - start, dtype=np.float64)
+        w = np.ones_like(j)
+        if i > 0:
+            before = max(spans[i - 1][1] - start, 0)
+            w = np.minimum(w, (j + 1) / (before + 1))
+        if i < len(spans) - 1:
+            after = max(stop - spans[i + 1][0], 0)
+            w = np.minimum(w, (stop - start - j) / (after + 1))
+        raw.append(w)
+    total = np.zeros(n)
+    for (start, stop), w in zip(spans, raw, strict=True):
+        total[start:stop] += w
+    if np.any(total <= 0):
+        raise ValueError(f"blend_weights: the windows {spans} do not cover 0..{n - 1}")
+    return [w / total[start:stop] for (start, stop), w in zip(spans, raw, strict=True)]
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (NumPy's SeedSequence), so nearby inputs give unrelated streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def position_noise(shape: tuple[int, int, int], depth: tuple[int, int], *, seed: int, sample: int) -> torch.Tensor:
+    """Standard normal ``(C, stop - start, h, w)`` whose slice z depends only on ``(seed, sample, z)`` (CPU)."""
+    start, stop = depth
+    slices = [torch.randn(shape, generator=torch.Generator().manual_seed(_seed(seed, sample, z)))
+              for z in range(start, stop)]
+    return torch.stack(slices, dim=1)
+
+
+# -------------------------------------------------------------------------- data consistency
+def _thick_blocks(n_thin: int, n_thick: int, factor: int, thin_index0: float, mode: str, slab: int) -> list[np.ndarray]:
+    """Thin indices that thick slice k averages (``slab``) or coincides with (``decimate``), on the thin grid."""
+    blocks = []
+    for k in range(n_thick):
+        centre = thin_index0 + k * factor
+        if mode == "decimate":
+            if not float(centre).is_integer():
+                raise ValueError(
+                    f"decimate consistency needs thick slices on thin positions; thick slice {k} sits at "
+                    f"thin index {centre} (use 'slab')"
+                )
+            index = np.array([int(centre)])
+        else:
+            first = int(round(centre - (slab - 1) / 2))
+            index = np.arange(first, first + slab)
+        blocks.append(index[(index >= 0) & (index < n_thin)])
+    return blocks
+
+
+def block_means(thin_hu: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """``(n_thick, y, x)``: the mean of each block of thin slices (NaN for a block outside the grid)."""
+    out = np.full((len(blocks), *thin_hu.shape[1:]), np.nan, dtype=np.float32)
+    for k, index in enumerate(blocks):
+        if index.size:
+            out[k] = thin_hu[index].mean(axis=0, dtype=np.float64)
+    return out
+
+
+def slab_residual_hu(block_mean_hu: np.ndarray, thick_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |block mean - thick slice| in HU over ``mask`` ``(n_thick, y, x)`` (blocks outside the grid skipped)."""
+    inside = mask & np.isfinite(block_mean_hu)
+    if not inside.any():
+        return float("nan")
+    return float(np.abs(block_mean_hu[inside].astype(np.float64) - thick_hu[inside]).mean())
+
+
+def project_consistent(thin_hu: np.ndarray, thick_hu: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """Data consistency in place: add ``thick_k - mean(block_k)`` per pixel to every slice of block k.
+
+    For decimation blocks (one slice each) this sets the observed slices to the thick ones. Exact
+    (zero residual) when blocks do not overlap.
+    """
+    for k, index in enumerate(blocks):
+        if index.size:
+            shift = thick_hu[k] - thin_hu[index].mean(axis=0, dtype=np.float64)
+            thin_hu[index] += shift.astype(np.float32)[None]
+    return thin_hu
+
+
+def _consistency_blocks(thick: Volume, thin: Volume, factor: int, mode: Consistency) -> tuple[list[np.ndarray], str]:
+    """Blocks of the thin grid behind each thick slice; the thick centres are found from the geometry."""
+    record = thick.meta.get(thick_slices.META_KEY) or {}
+    if mode == "auto":
+        mode = record.get("mode", "slab")  # a measured thick slice is an average over its thickness
+    if mode not in ("slab", "decimate"):
+        raise ValueError(f"consistency must be 'auto', 'slab' or 'decimate', got {mode!r}")
+    offset = np.asarray(thick.origin) - np.asarray(thin.origin)
+    thin_index0 = float(offset @ thin.slice_normal) / thin.spacing[0]
+    thin_index0 = round(thin_index0 * 2) / 2  # positions are whole or half thin slices; drop float noise
+    slab = factor
+    if record.get("slab") and record.get("factor"):
+        slab = max(1, int(round(record["slab"] * factor / record["factor"])))
+    return _thick_blocks(thin.shape[0], thick.shape[0], factor, thin_index0, mode, slab), mode
+
+
+# ---------------------------------------------------------------------------------- pipeline
+def _pad_inplane(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Edge-pad ``(z, y, x)`` at the far ends of y and x to multiples of ``multiple``."""
+    pad_y, pad_x = (-array.shape[1]) % multiple, (-array.shape[2]) % multiple
+    if pad_y == pad_x == 0:
+        return array
+    return np.pad(array, ((0, 0), (0, pad_y), (0, pad_x)), mode="edge")
+
+
+def default_window_depth(depth_multiple: int, window_depth: int | None = None) -> int:
+    """``window_depth`` (default 48) rounded up to a multiple of the U-Net's depth multiple."""
+    depth = DEFAULT_WINDOW_DEPTH if not window_depth else int(window_depth)
+    return max(1, math.ceil(depth / depth_multiple)) * depth_multiple
+
+
+@torch.no_grad()
+def interpolate_volume(
+    thick: Volume,
+    interpolator: Interpolator,
+    *,
+    factor: int | None = None,
+    sampler: str = "ddim",
+    steps: int = 20,
+    eta: float = 0.0,
+    samples: int = 1,
+    window_depth: int | None = None,
+    overlap: int | None = None,
+    data_consistency: bool = True,
+    consistency: Consistency = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    chunk: int = 16,
+    return_raw: bool = False,
+    bf16: bool = False,
+) -> InterpolationResult:
+    """Latent-diffusion slice interpolation of a thick volume ``(n_thick, y, x)`` -> ``(n_thick * factor, y, x)``.
+
+    ``factor`` defaults to the model's training factor. ``sampler`` names an entry of
+    ``ctlib.diffusion.samplers.SAMPLERS`` run with ``steps`` and ``eta``. ``window_depth`` (thin slices,
+    default 48, rounded up to the U-Net's depth multiple) and ``overlap`` (default a quarter of the
+    window) set the z-windows. ``consistency="auto"`` takes the thick-slice mode recorded by
+    ``simulate_thick`` or else ``"slab"``. The same ``seed`` gives the same output. ``bf16`` runs the
+    networks under bfloat16 autocast (the sampler's arithmetic stays float32).
+    """
+    t_start = time.perf_counter()
+    factor = interpolator.spec.factor if factor is None else factor
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+    if thick.shape[0] < 2:
+        raise ValueError(f"need at least 2 thick slices to interpolate between, got {thick.shape[0]}")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    sample_fn = samplers.get_sampler(sampler)
+    n_thin = thick.shape[0] * factor
+    window = default_window_depth(interpolator.depth_multiple, window_depth)
+    overlap = window // 4 if overlap is None else int(overlap)
+    spans = window_spans(n_thin, window, overlap)
+    weights = blend_weights(spans, n_thin)
+
+    # (a) the thin grid and the condition: the linear estimate, normalized, padded in-plane
+    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)
+    height, width = thick.shape[1:]
+    cond_image = _pad_inplane(windows.normalize(linear.array, interpolator.window), interpolator.inplane_multiple)
+    # (b) per-slice encoding, `chunk` slices per VAE call
+    device = interpolator.device
+    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    with precision():
+        cond = vae_module.encode_slices(interpolator.vae, torch.from_numpy(cond_image)[None, None],
+                                        interpolator.scale_factor, chunk=chunk, out_device=device)
+    del cond_image
+    plane = (cond.shape[1], *cond.shape[3:])  # x_t has the VAE's latent channels, like the condition
+
+    blocks, mode = _consistency_blocks(thick, linear, factor, consistency)
+    mask = body_mask.body_mask(thick.array)
+    unet_fn = denoiser(interpolator.unet, interpolator.depth_multiple)
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with precision():
+            return unet_fn(x, t).float()
+
+    schedule = interpolator.spec.noise_schedule()
+    mean = m2 = raw_mean = before_mean = None
+    sampling_s = 0.0
+    bar = tqdm(total=samples * len(spans), desc="z-windows", unit="window", disable=not progress)
+    for k in range(samples):
+        # (c) overlapping z-windows, blended with ramps that sum to 1
+        t0 = time.perf_counter()
+        latents = torch.zeros((1, *plane[:1], n_thin, *plane[1:]), device=device)
+        for i, ((start, stop), w) in enumerate(zip(spans, weights, strict=True)):
+            x_T = position_noise(plane, (start, stop), seed=seed, sample=k).to(device)[None]
+            generator = torch.Generator().manual_seed(_seed(seed, k, i, 1))
+            x0 = sample_fn(model_fn, tuple(x_T.shape), cond[:, :, start:stop], schedule,
+                           prediction=interpolator.spec.prediction, num_steps=steps, generator=generator,
+                           eta=eta, x_T=x_T)
+            latents[:, :, start:stop] += x0.float() * torch.as_tensor(w, dtype=torch.float32, device=device)[
+                None, None, :, None, None]
+            bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        sampling_s += time.perf_counter() - t0
+        # (d) per-slice decoding, back to HU, cropped to the input's in-plane size
+        with precision():
+            image = vae_module.decode_slices(interpolator.vae, latents, interpolator.scale_factor, chunk=chunk,
+                                             out_device="cpu")
+        hu = windows.denormalize(image[0, 0, :, :height, :width].numpy(), interpolator.window)
+        del latents, image
+        if return_raw:
+            raw_mean = hu.copy() if raw_mean is None else raw_mean + (hu - raw_mean) / (k + 1)
+        before_k = block_means(hu, blocks)
+        before_mean = before_k if k == 0 else before_mean + (before_k - before_mean) / (k + 1)
+        if data_consistency:  # (e)
+            project_consistent(hu, thick.array, blocks)
+        # (f) running mean and M2 (Welford 1962)
+        if mean is None:
+            mean, m2 = hu, np.zeros_like(hu)
+        else:
+            delta = hu - mean
+            mean += delta / (k + 1)
+            m2 += delta * (hu - mean)
+    bar.close()
+
+    before = slab_residual_hu(before_mean, thick.array, mask)
+    after = slab_residual_hu(block_means(mean, blocks), thick.array, mask) if data_consistency else before
+    settings = {
+        "factor": factor, "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "window_depth": window,
+        "overlap": overlap, "data_consistency": data_consistency, "consistency": mode, "seed": seed, "chunk": chunk,
+        "bf16": bf16,
+        **interpolator.meta,
+    }
+    out_meta = {**linear.meta, "interpolated": {**settings, "method": "latent_diffusion"}}
+    out_meta.pop("upsampled", None)
+    mean_volume = linear.with_array(mean.astype(np.float32))
+    mean_volume.meta = out_meta
+    std_volume = None
+    if samples > 1:
+        std_volume = linear.with_array(np.sqrt(np.maximum(m2 / (samples - 1), 0.0)).astype(np.float32))
+        std_volume.meta = {**out_meta, "map": "std_hu"}
+    raw_volume = None
+    if raw_mean is not None:
+        raw_volume = linear.with_array(raw_mean.astype(np.float32))
+        raw_volume.meta = {**out_meta, "data_consistency": False}
+    return InterpolationResult(
+        mean=mean_volume,
+        std=std_volume,
+        raw=raw_volume,
+        residual_before_hu=before,
+        residual_after_hu=after,
+        seconds=time.perf_counter() - t_start,
+        seconds_per_step=sampling_s / (samples * steps),
+        windows=spans,
+        settings=settings,
+    )
+

@@ -15,7 +15,12 @@ from typing import Any
 EXIT_BAD_INPUT = 2
 
 # The demo chain: notebooks run in order with their default parameters on embedded data.
-DEMO_CHAIN: tuple[str, ...] = ("notebooks/slice_interp/2026-11-23_01_preprocess.ipynb",)
+DEMO_CHAIN: tuple[str, ...] = (
+    "notebooks/slice_interp/2026-11-23_01_preprocess.ipynb",
+    "notebooks/slice_interp/2026-11-23_02_vae.ipynb",
+    "notebooks/slice_interp/2026-11-23_03_diffusion.ipynb",
+    "notebooks/slice_interp/2026-11-23_04_evaluate.ipynb",
+)
 
 
 def volume_info(path: str, series_uid: str | None = None) -> dict[str, Any]:

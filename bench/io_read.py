@@ -14,7 +14,6 @@ import argparse
 import datetime
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import SimpleITK as sitk  # noqa: E402
+from timing import interleaved_times  # noqa: E402  (bench/timing.py)
 
 from ctlib import atomic, paths, run_record  # noqa: E402
 from ctlib.io import dicom_read, nifti  # noqa: E402
@@ -84,15 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     info["simpleitk_threads"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     results = {}
     for name, readers in cases(data).items():
-        warm = {who: read() for who, read in readers.items()}  # warm-up: imports, page cache, pools
-        times: dict[str, list[float]] = {who: [] for who in readers}
-        order = list(readers)
-        for _ in range(args.repeats):
-            for who in order:
-                start = time.perf_counter()
-                readers[who]()
-                times[who].append(time.perf_counter() - start)
-            order.reverse()  # alternate who goes first: neither always reads after the other
+        warm, times = interleaved_times(readers, args.repeats)
         ours, theirs = statistics.median(times["ctlib"]), statistics.median(times["simpleitk"])
         results[name] = {
             "ctlib_median_s": ours,

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from monai.inferers import DiffusionInferer  # noqa: E402
 from monai.networks.nets import DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDIMScheduler  # noqa: E402
+from timing import interleaved_times  # noqa: E402  (bench/timing.py)
 
 from ctlib import atomic, paths, run_record  # noqa: E402
 from ctlib.diffusion import samplers, schedules  # noqa: E402
@@ -89,15 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     one_step_diff = float((ours_step - monai_step).abs().max())
 
     runners = {"ctlib": ours, "monai": monai}
-    warm = {who: run() for who, run in runners.items()}  # warm-up: allocator, oneDNN kernels
-    times: dict[str, list[float]] = {who: [] for who in runners}
-    order = list(runners)
-    for _ in range(args.repeats):
-        for who in order:
-            start = time.perf_counter()
-            runners[who]()
-            times[who].append(time.perf_counter() - start)
-        order.reverse()  # alternate who goes first
+    warm, times = interleaved_times(runners, args.repeats)
     ours_s, monai_s = statistics.median(times["ctlib"]), statistics.median(times["monai"])
     report = {
         "benchmark": "sampler_speed: ctlib DDIM loop vs MONAI DiffusionInferer.sample + DDIMScheduler, "

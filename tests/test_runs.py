@@ -162,6 +162,7 @@ def test_run_directory_contents(toy):
     assert run_dir == paths.runs_dir() / result.run_id
     assert sorted(p.name for p in run_dir.iterdir()) == [
         f"{TOY_STEM}.ipynb",
+        "kernel.log",  # the kernel's stderr, kept out of the notebook's outputs
         "metrics.json",
         "params.json",
         "run.json",

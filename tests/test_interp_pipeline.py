@@ -15,6 +15,7 @@ from ctlib.data import phantom, thick_slices, windows
 from ctlib.diffusion.ema import EMA
 from ctlib.interp import bundle, latent_diffusion, pipeline
 from ctlib.io.errors import CTInputError
+from ctlib.metrics import interpolation
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
 from ctlib.train import checkpoint as checkpoint_io
@@ -216,7 +217,7 @@ def test_project_consistent_on_a_toy_grid():
     blocks = pipeline._thick_blocks(6, 2, 3, 1.0, "slab", 3)
     assert [b.tolist() for b in blocks] == [[0, 1, 2], [3, 4, 5]]
     mask = np.ones_like(thick, dtype=bool)
-    assert pipeline.slab_residual_hu(pipeline.block_means(thin, blocks), thick, mask) > 0
+    assert interpolation.mean_abs_residual_hu(pipeline.block_means(thin, blocks), thick, mask) > 0
     pipeline.project_consistent(thin, thick, blocks)
     np.testing.assert_allclose(pipeline.block_means(thin, blocks), thick, atol=1e-6)
     # the shape within a slab is kept: only a per-pixel shift

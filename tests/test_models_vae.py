@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,24 @@ def test_train_loop_then_load_frozen_vae(tmp_path):
     assert ckpt["extra"]["scale_factor"] == 0.5
     x = torch.rand(1, 1, 2, 16, 16)
     torch.testing.assert_close(vae_module.encode_slices(loaded, x), vae_module.encode_slices(vae, x))
+
+
+def test_pad_inplane_edge_pads_the_far_ends_only():
+    a = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    padded = vae_module.pad_inplane(a, 4)
+    assert padded.shape == (2, 8, 4)
+    np.testing.assert_array_equal(padded[:, :5, :3], a)
+    np.testing.assert_array_equal(padded[:, 7, :3], a[:, 4, :])
+    assert vae_module.pad_inplane(padded, 4) is padded
+
+
+def test_reconstruct_hu_crops_back_and_stays_in_the_window(tiny_vae):
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1000, 1500, size=(3, 20, 28)).astype(np.float32)
+    out = vae_module.reconstruct_hu(tiny_vae, hu, windows.FULL, scale_factor=0.7, chunk=2)
+    assert out.shape == hu.shape and out.dtype == np.float32
+    assert windows.FULL.low <= out.min() and out.max() <= windows.FULL.high
+    x = torch.from_numpy(vae_module.pad_inplane(windows.normalize(hu, windows.FULL), 8))[:, None, None]
+    manual = vae_module.decode_slices(tiny_vae, vae_module.encode_slices(tiny_vae, x, 0.7), 0.7)
+    expected = windows.denormalize(manual[:, 0, 0, :20, :28].numpy(), windows.FULL, clip=True)
+    np.testing.assert_allclose(out, expected, atol=0.05)  # HU; chunking changes float rounding

@@ -37,6 +37,7 @@ from ctlib.diffusion import samplers
 from ctlib.interp.bundle import Interpolator
 from ctlib.interp.latent_diffusion import denoiser
 from ctlib.io.volume import Volume
+from ctlib.metrics import interpolation
 from ctlib.models import vae as vae_module
 
 Consistency = Literal["auto", "slab", "decimate"]
@@ -137,14 +138,6 @@ def block_means(thin_hu: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def slab_residual_hu(block_mean_hu: np.ndarray, thick_hu: np.ndarray, mask: np.ndarray) -> float:
-    """Mean |block mean - thick slice| in HU over ``mask`` ``(n_thick, y, x)`` (blocks outside the grid skipped)."""
-    inside = mask & np.isfinite(block_mean_hu)
-    if not inside.any():
-        return float("nan")
-    return float(np.abs(block_mean_hu[inside].astype(np.float64) - thick_hu[inside]).mean())
-
-
 def project_consistent(thin_hu: np.ndarray, thick_hu: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     """Data consistency in place: add ``thick_k - mean(block_k)`` per pixel to every slice of block k.
 
@@ -175,14 +168,6 @@ def _consistency_blocks(thick: Volume, thin: Volume, factor: int, mode: Consiste
 
 
 # ---------------------------------------------------------------------------------- pipeline
-def _pad_inplane(array: np.ndarray, multiple: int) -> np.ndarray:
-    """Edge-pad ``(z, y, x)`` at the far ends of y and x to multiples of ``multiple``."""
-    pad_y, pad_x = (-array.shape[1]) % multiple, (-array.shape[2]) % multiple
-    if pad_y == pad_x == 0:
-        return array
-    return np.pad(array, ((0, 0), (0, pad_y), (0, pad_x)), mode="edge")
-
-
 def default_window_depth(depth_multiple: int, window_depth: int | None = None) -> int:
     """``window_depth`` (default 48) rounded up to a multiple of the U-Net's depth multiple."""
     depth = DEFAULT_WINDOW_DEPTH if not window_depth else int(window_depth)
@@ -236,7 +221,7 @@ def interpolate_volume(
     # (a) the thin grid and the condition: the linear estimate, normalized, padded in-plane
     linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)
     height, width = thick.shape[1:]
-    cond_image = _pad_inplane(windows.normalize(linear.array, interpolator.window), interpolator.inplane_multiple)
+    cond_image = vae_module.pad_inplane(windows.normalize(linear.array, interpolator.window), interpolator.inplane_multiple)
     # (b) per-slice encoding, `chunk` slices per VAE call
     device = interpolator.device
     precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -295,8 +280,8 @@ def interpolate_volume(
             m2 += delta * (hu - mean)
     bar.close()
 
-    before = slab_residual_hu(before_mean, thick.array, mask)
-    after = slab_residual_hu(block_means(mean, blocks), thick.array, mask) if data_consistency else before
+    before = interpolation.mean_abs_residual_hu(before_mean, thick.array, mask)
+    after = interpolation.mean_abs_residual_hu(block_means(mean, blocks), thick.array, mask) if data_consistency else before
     settings = {
         "factor": factor, "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "window_depth": window,
         "overlap": overlap, "data_consistency": data_consistency, "consistency": mode, "seed": seed, "chunk": chunk,

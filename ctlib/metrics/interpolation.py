@@ -49,5 +49,15 @@ def slab_residual_hu(estimate_hu: np.ndarray, pair: thick_slices.ThickThinPair) 
     rethick = thick_slices.simulate_thick(pair.thin.with_array(estimate_hu), pair.factor, pair.mode, pair.slab)
     n = min(rethick.shape[0], pair.thick.shape[0])
     inside = body_mask.body_mask(pair.thick.with_array(pair.thick.array[:n]))
-    difference = np.abs(rethick.array[:n] - pair.thick.array[:n])
-    return float(difference[inside].mean()) if inside.any() else float("nan")
+    return mean_abs_residual_hu(rethick.array[:n], pair.thick.array[:n], inside)
+
+
+def mean_abs_residual_hu(resliced_hu: np.ndarray, thick_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |re-sliced estimate - observed thick slice| in HU over ``mask`` ``(n_thick, y, x)``.
+
+    Thick slices the estimate cannot re-slice (NaN, e.g. a slab outside the thin grid) are skipped.
+    """
+    inside = mask & np.isfinite(resliced_hu)
+    if not inside.any():
+        return float("nan")
+    return float(np.abs(resliced_hu[inside].astype(np.float64) - thick_hu[inside]).mean())

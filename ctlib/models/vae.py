@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -26,6 +27,7 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
 from torch.func import functional_call
 
+from ctlib.data.windows import HUWindow, denormalize, normalize
 from ctlib.models.config_dict import ConfigDict
 
 AdversarialKind = Literal["hinge", "lsgan"]
@@ -167,6 +169,29 @@ def decode_slices(
             chunks.append(vae.decode(part).float().to(out_device or latents.device))
     images = rearrange(torch.cat(chunks), "(b d) c h w -> b c d h w", b=batch, d=depth)
     return images[0] if unbatched else images
+
+
+def pad_inplane(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Edge-pad ``(..., y, x)`` at the far ends of y and x up to multiples of ``multiple``."""
+    pad_y, pad_x = (-array.shape[-2]) % multiple, (-array.shape[-1]) % multiple
+    if pad_y == pad_x == 0:
+        return array
+    return np.pad(array, [(0, 0)] * (array.ndim - 2) + [(0, pad_y), (0, pad_x)], mode="edge")
+
+
+def reconstruct_hu(
+    vae: AutoencoderKL, hu: np.ndarray, window: HUWindow, *, scale_factor: float = 1.0, chunk: int = 16
+) -> np.ndarray:
+    """Encode and decode ``(n, y, x)`` HU slices (posterior mean): the VAE's reconstruction, HU clipped to ``window``.
+
+    Slices are edge-padded to a multiple of the VAE's factor (as ``ctlib.interp.pipeline`` does) and
+    cropped back.
+    """
+    factor = 2 ** (len(vae.encoder.channels) - 1)
+    x = torch.from_numpy(pad_inplane(normalize(np.asarray(hu, dtype=np.float32), window), factor))
+    z = encode_slices(vae, x[:, None, None], scale_factor, chunk=chunk)  # n one-slice volumes
+    out = decode_slices(vae, z, scale_factor, chunk=chunk, out_device="cpu")
+    return denormalize(out[:, 0, 0, : hu.shape[1], : hu.shape[2]].float().numpy(), window, clip=True)
 
 
 def latent_scale_factor(vae: AutoencoderKL, batches: Iterable[torch.Tensor], *, chunk: int = 16) -> float:

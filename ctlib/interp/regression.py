@@ -1,0 +1,101 @@
+"""The deterministic baseline at inference: a trained residual regressor applied to whole volumes.
+
+A regressor run (notebook ``slice_interp/2026-11-23_05_regressor``) holds ``checkpoints/regressor.pt``:
+the ``ResidualRegressor`` weights (and EMA), ``config["model"]`` (its ``RegressorConfig``), the HU
+window record, and ``extra = {preprocess_run_id, factor, mode}``. The regressor corrects the linear
+z-interpolation of the thick slices (Kim et al. 2016, residual learning), so at inference the thick
+volume is linearly upsampled, window-normalized, corrected by Gaussian-blended sliding windows
+(``ctlib.models.regressor.predict_volume``) and mapped back to HU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctlib.data import thick_slices, windows
+from ctlib.interp import bundle
+from ctlib.io.errors import CTInputError
+from ctlib.io.volume import Volume
+from ctlib.models import regressor
+from ctlib.train import checkpoint as checkpoint_io
+
+REGRESSOR_CHECKPOINT = Path("checkpoints") / "regressor.pt"
+
+
+@dataclasses.dataclass
+class RegressorBundle:
+    """A trained residual regressor with the HU window, factor and thick-slice mode it was trained for."""
+
+    model: nn.Module
+    window: windows.HUWindow
+    factor: int
+    mode: str
+    device: torch.device
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
+        self.model = self.model.to(self.device).eval().requires_grad_(False)
+
+
+def regressor_checkpoint_path(run_id_or_path: str | os.PathLike) -> Path:
+    """The regressor checkpoint named by a run id, a run folder, or a ``.pt`` file."""
+    candidate = Path(run_id_or_path)
+    if candidate.is_file() or candidate.suffix == ".pt":
+        return candidate
+    if candidate.is_dir():
+        return candidate / REGRESSOR_CHECKPOINT
+    return bundle._run_checkpoint(str(run_id_or_path), REGRESSOR_CHECKPOINT, "regressor")
+
+
+def load_regressor_run(
+    run_id_or_checkpoint: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "auto"
+) -> RegressorBundle:
+    """Load a regressor from a run id (or run folder, or ``.pt`` file); ``CTInputError`` when unusable."""
+    path = regressor_checkpoint_path(run_id_or_checkpoint)
+    ckpt = checkpoint_io.load_checkpoint(path)
+    bundle._checked(ckpt, path, ("config.model", "extra.factor", "extra.mode"))
+    try:
+        model = regressor.build_regressor(regressor.RegressorConfig.from_dict(ckpt["config"]["model"]))
+        weights = "ema" if use_ema and ckpt.get("ema_state") else "raw"
+        state = dict(ckpt["model_state"])
+        if weights == "ema":  # buffers are not averaged: they keep the model's values
+            state.update({name: value.to(state[name].dtype) for name, value in ckpt["ema_state"]["shadow"].items()})
+        model.load_state_dict(state)
+        window = windows.window_from_record(ckpt["normalization"])
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise CTInputError(path, f"unusable regressor checkpoint ({type(err).__name__}: {err})") from None
+    extra = ckpt["extra"]
+    return RegressorBundle(
+        model=model, window=window, factor=int(extra["factor"]), mode=str(extra["mode"]),
+        device=bundle.resolve_device(device),
+        meta={"checkpoint": str(path), "preprocess_run_id": extra.get("preprocess_run_id"), "weights": weights},
+    )
+
+
+def interpolate_regression(
+    thick: Volume,
+    model_bundle: RegressorBundle,
+    factor: int,
+    n_thin: int | None = None,
+    *,
+    roi_size: tuple[int, int, int] = (32, 128, 128),
+    overlap: float = 0.25,
+) -> np.ndarray:
+    """Thin volume ``(n_thin, y, x)`` in HU: linear z-interpolation corrected by the regressor.
+
+    ``factor`` must be the one the regressor was trained for (its residual is factor-specific).
+    """
+    if factor != model_bundle.factor:
+        raise ValueError(f"regressor trained for x{model_bundle.factor}, asked for x{factor}")
+    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin).array
+    x = torch.from_numpy(windows.normalize(linear, model_bundle.window))[None, None]
+    y = regressor.predict_volume(model_bundle.model, x.to(model_bundle.device), roi_size=roi_size, overlap=overlap)
+    return windows.denormalize(y[0, 0].float().cpu().numpy(), model_bundle.window, clip=True)

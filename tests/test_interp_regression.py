@@ -37,8 +37,8 @@ def test_untrained_regressor_reproduces_linear_interpolation(tmp_path, pair):
     bundle = regression.load_regressor_run(path, device="cpu")
     out = regression.interpolate_regression(pair.thick, bundle, 4, pair.thin.shape[0], roi_size=(16, 32, 32))
     linear = thick_slices.upsample_z(pair.thick, 4, "linear", n_thin=pair.thin.shape[0]).array
-    assert out.shape == pair.thin.shape
-    np.testing.assert_allclose(out, np.clip(linear, windows.FULL.low, windows.FULL.high), atol=0.05)
+    assert out.shape == pair.thin.shape and out.spacing == pair.thin.spacing
+    np.testing.assert_allclose(out.array, np.clip(linear, windows.FULL.low, windows.FULL.high), atol=0.05)
 
 
 def test_ema_weights_are_loaded_when_present(tmp_path, pair):

@@ -26,6 +26,16 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks under notebooks/"
 
 
+def test_notebook_names_are_unique_across_studies():
+    """Parameter sets (papermill_params/<stem>/) and run ids (<time>_<short name>_<hex>) key on the file name
+    without date and order: two studies with the same name would share parameter sets and upstream runs."""
+    from ctlib.run_context import short_name
+
+    for key in (lambda p: p.stem, lambda p: short_name(p.stem)):
+        names = [key(p) for p in NOTEBOOKS]
+        assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_structure(notebook: Path):
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{2}_[a-z0-9_]+\.ipynb", notebook.name), notebook.name

@@ -1,0 +1,255 @@
+"""DICOM-RT import onto a CT ``Volume``'s grid: RTSTRUCT (PS3.3 A.19) -> masks, RTDOSE (PS3.3 A.18) -> dose in Gy.
+
+RTSTRUCT: every ``CLOSED_PLANAR`` contour of ``ROIContourSequence`` (points in LPS mm) is mapped to
+continuous voxel indices of the CT, must lie in one axial plane of the CT (within ``plane_tolerance``
+of a slice, in slices), and is filled on that slice with ``matplotlib.path.Path.contains_points`` at the
+voxel centres. Contours of one ROI on one slice are combined by XOR, so an inner contour is a hole
+(the usual reading of the standard's "contours may be nested"). ROI names go through
+``ctlib.dose.structure_names``; unmatched names are listed, not guessed.
+
+RTDOSE: dose = stored value x ``DoseGridScaling`` (Gy; ``DoseUnits`` must be ``GY``). Frame ``f``,
+row ``r``, column ``c`` sits at ``ImagePositionPatient + c * dx * row_cosine + r * dy * column_cosine
++ GridFrameOffsetVector[f] * normal``. The dose is resampled at the CT voxel centres by trilinear
+interpolation (``scipy.ndimage.map_coordinates``, order 1), and is 0 outside the dose grid.
+
+Refusals (``CTInputError`` naming the file): wrong Modality, a Frame of Reference UID that is not the
+CT's, missing DoseGridScaling / geometry attributes, non-GY units, non-monotonic frame offsets,
+contours that are not planar, fall between CT slices or outside the CT.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from matplotlib.path import Path as PolygonPath
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from ctlib.data import body_mask
+from ctlib.dose import structure_names
+from ctlib.io import dicom_read
+from ctlib.io.errors import CTInputError
+from ctlib.io.openkbp import OpenKBPPatient
+from ctlib.io.volume import Volume
+
+PLANE_TOLERANCE_SLICES = 0.25  # contour z may sit this far (in slices) from a CT slice position
+
+
+@dataclass
+class RTStructureSet:
+    """Masks read from an RTSTRUCT: ``{canonical name: (z, y, x) bool}`` on the CT grid."""
+
+    masks: dict[str, np.ndarray]
+    raw_names: dict[str, str]                     # canonical name -> ROI name in the file
+    unmatched: list[str] = field(default_factory=list)  # ROI names with no canonical name
+
+
+def _read(path: str | os.PathLike, modality: str) -> tuple[Path, Dataset]:
+    path = Path(path)
+    if not path.is_file():
+        raise CTInputError(path, "no such file")
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:
+        raise CTInputError(path, f"not a readable DICOM file ({type(err).__name__}: {err})") from None
+    found = str(ds.get("Modality", ""))
+    if found != modality:
+        raise CTInputError(path, f"modality is {found or 'missing'!r}, expected {modality!r}")
+    return path, ds
+
+
+def _check_frame(path: Path, found: str | None, expected: str | None) -> None:
+    if expected and found and str(found) != str(expected):
+        raise CTInputError(path, f"Frame of Reference UID {found} is not the CT's {expected}: "
+                                 "the RT object belongs to another image set")
+
+
+def ct_frame_of_reference(ct_file: str | os.PathLike) -> str | None:
+    """FrameOfReferenceUID of a CT slice file (``read_dicom_series`` does not keep it)."""
+    ds = pydicom.dcmread(ct_file, stop_before_pixels=True)
+    return str(ds.FrameOfReferenceUID) if "FrameOfReferenceUID" in ds else None
+
+
+def _lps_to_index(ct: Volume) -> np.ndarray:
+    """4x4 affine from LPS mm to continuous voxel index ``(i, j, k)`` = (x, y, z index)."""
+    return np.linalg.inv(ct.index_to_lps())
+
+
+def read_rtstruct(
+    path: str | os.PathLike,
+    ct: Volume,
+    *,
+    frame_of_reference_uid: str | None = None,
+    plane_tolerance: float = PLANE_TOLERANCE_SLICES,
+) -> RTStructureSet:
+    """RTSTRUCT -> ``RTStructureSet`` with one ``(z, y, x)`` bool mask per ROI whose name maps to a canonical name.
+
+    ``frame_of_reference_uid`` (the CT's; default ``ct.meta["frame_of_reference_uid"]`` when set) is
+    checked against the structure set's references.
+    """
+    path, ds = _read(path, "RTSTRUCT")
+    expected = frame_of_reference_uid or ct.meta.get("frame_of_reference_uid")
+    for ref in ds.get("ReferencedFrameOfReferenceSequence", []):
+        _check_frame(path, ref.get("FrameOfReferenceUID"), expected)
+    rois = {int(r.ROINumber): r for r in ds.get("StructureSetROISequence", [])}
+    if not rois:
+        raise CTInputError(path, "StructureSetROISequence is empty: no ROI to read")
+    raw = {number: str(r.get("ROIName", "")) for number, r in rois.items()}
+    for r in rois.values():
+        _check_frame(path, r.get("ReferencedFrameOfReferenceUID"), expected)
+    mapped = structure_names.map_roi_names(list(raw.values()), source=path)
+    number_of = {name: number for number, name in raw.items()}
+    contours = {int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.get("ROIContourSequence", [])}
+    to_index = _lps_to_index(ct)
+    masks = {}
+    for canonical, raw_name in mapped.items():
+        number = number_of[raw_name]
+        masks[canonical] = _rasterize(path, raw_name, contours.get(number, []), ct, to_index, plane_tolerance)
+    unmatched = [name for name in raw.values() if name not in mapped.values()]
+    return RTStructureSet(masks=masks, raw_names=mapped, unmatched=unmatched)
+
+
+def _rasterize(path: Path, roi: str, contours: list, ct: Volume, to_index: np.ndarray,
+               plane_tolerance: float) -> np.ndarray:
+    nz, ny, nx = ct.shape
+    mask = np.zeros(ct.shape, dtype=bool)
+    for n, contour in enumerate(contours):
+        kind = str(contour.get("ContourGeometricType", "CLOSED_PLANAR"))
+        if kind != "CLOSED_PLANAR":
+            continue  # POINT and OPEN_* contours enclose no volume
+        points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
+        index = points @ to_index[:3, :3].T + to_index[:3, 3]  # (n, 3) continuous (i, j, k)
+        where = f"ROI {roi!r}, contour {n}"
+        if np.ptp(index[:, 2]) > plane_tolerance:
+            raise CTInputError(path, f"{where} is not in one axial plane of the CT "
+                                     f"(spans {np.ptp(index[:, 2]):.2f} slices)")
+        k_float = float(index[:, 2].mean())
+        k = int(round(k_float))
+        if abs(k_float - k) > plane_tolerance or not 0 <= k < nz:
+            raise CTInputError(path, f"{where} at slice index {k_float:.2f} matches no CT slice "
+                                     f"(0..{nz - 1}, tolerance {plane_tolerance} slice)")
+        if len(points) < 3:
+            continue
+        lo = np.clip(np.floor(index[:, :2].min(0)).astype(int), 0, [nx - 1, ny - 1])
+        hi = np.clip(np.ceil(index[:, :2].max(0)).astype(int), 0, [nx - 1, ny - 1])
+        ii, jj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="xy")
+        inside = PolygonPath(index[:, :2]).contains_points(np.stack([ii.ravel(), jj.ravel()], 1))
+        mask[k, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] ^= inside.reshape(ii.shape)
+    return mask
+
+
+def _floats(path: Path, ds: Dataset, keyword: str, n: int | None = None) -> np.ndarray:
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        raise CTInputError(path, f"{keyword} is missing")
+    try:
+        value = np.asarray(ds[keyword].value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise CTInputError(path, f"{keyword} is not numeric ({err})") from None
+    if n is not None and value.shape != (n,):
+        raise CTInputError(path, f"{keyword} has {value.size} values, expected {n}")
+    if not np.all(np.isfinite(value)):
+        raise CTInputError(path, f"{keyword} holds NaN or infinite values")
+    return value
+
+
+def _frame_offsets(path: Path, ds: Dataset, position: np.ndarray, normal: np.ndarray, n_frames: int) -> np.ndarray:
+    """Frame positions along the normal relative to ImagePositionPatient (PS3.3 C.8.8.3.2)."""
+    if n_frames == 1 and "GridFrameOffsetVector" not in ds:
+        return np.zeros(1)
+    offsets = _floats(path, ds, "GridFrameOffsetVector", n_frames)
+    if offsets[0] != 0:
+        # The absolute form (offsets are positions along the normal) is allowed when it starts at the IPP.
+        if abs(offsets[0] - position @ normal) > 1e-3:
+            raise CTInputError(path, f"GridFrameOffsetVector starts at {offsets[0]:g}: neither 0 (relative) "
+                                     f"nor the ImagePositionPatient {position @ normal:g} (absolute)")
+        offsets = offsets - offsets[0]
+    steps = np.diff(offsets)
+    if n_frames > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
+        raise CTInputError(path, "GridFrameOffsetVector is not strictly monotonic")
+    return offsets
+
+
+def read_rtdose(
+    path: str | os.PathLike, ct: Volume, *, frame_of_reference_uid: str | None = None
+) -> np.ndarray:
+    """RTDOSE -> ``(z, y, x)`` float32 dose in Gy on the CT grid (trilinear, 0 outside the dose grid)."""
+    path, ds = _read(path, "RTDOSE")
+    _check_frame(path, ds.get("FrameOfReferenceUID"), frame_of_reference_uid or ct.meta.get("frame_of_reference_uid"))
+    units = str(ds.get("DoseUnits", "")).upper()
+    if units != "GY":
+        raise CTInputError(path, f"DoseUnits is {units or 'missing'!r}, expected 'GY' (relative dose has no scale)")
+    scaling = float(_floats(path, ds, "DoseGridScaling", 1)[0])
+    if scaling <= 0:
+        raise CTInputError(path, f"DoseGridScaling must be positive, got {scaling:g}")
+    orientation = _floats(path, ds, "ImageOrientationPatient", 6)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    position = _floats(path, ds, "ImagePositionPatient", 3)
+    dy, dx = _floats(path, ds, "PixelSpacing", 2)
+    try:
+        stored = np.asarray(ds.pixel_array, dtype=np.float64)
+    except Exception as err:
+        raise CTInputError(path, f"pixel data cannot be decoded ({type(err).__name__}: {err})") from None
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    stored = stored.reshape(n_frames, int(ds.Rows), int(ds.Columns))
+    dose = stored * scaling
+    if not np.all(np.isfinite(dose)) or dose.min() < 0:
+        raise CTInputError(path, "dose holds NaN, infinite or negative values")
+    offsets = _frame_offsets(path, ds, position, normal, n_frames)
+    order = np.argsort(offsets)
+    offsets, dose = offsets[order], dose[order]
+
+    ct_affine = ct.index_to_lps()
+    nz, ny, nx = ct.shape
+    jj, ii = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    out = np.zeros(ct.shape, dtype=np.float32)
+    for k in range(nz):  # slice by slice: memory stays bounded on 512 x 512 x 300 CTs
+        lps = ct_affine[:3, 0] * ii[..., None] + ct_affine[:3, 1] * jj[..., None] + \
+            ct_affine[:3, 2] * k + ct_affine[:3, 3]
+        rel = lps - position
+        col = rel @ row_dir / dx
+        row = rel @ col_dir / dy
+        along = rel @ normal
+        frame = np.interp(along, offsets, np.arange(n_frames), left=-1.0, right=float(n_frames)) \
+            if n_frames > 1 else np.where(np.abs(along) <= 1e-3, 0.0, -1.0)
+        coords = [_snap(c, n) for c, n in zip((frame, row, col), dose.shape, strict=True)]
+        out[k] = ndimage.map_coordinates(dose, coords, order=1, mode="constant", cval=0.0)
+    return out
+
+
+def _snap(index: np.ndarray, n: int, tolerance: float = 1e-4) -> np.ndarray:
+    """Indices within ``tolerance`` voxel outside ``[0, n - 1]`` moved onto the edge (rounding in mm -> index)."""
+    index = np.where((index < 0) & (index > -tolerance), 0.0, index)
+    return np.where((index > n - 1) & (index < n - 1 + tolerance), float(n - 1), index)
+
+
+def read_rt_patient(
+    ct_folder: str | os.PathLike,
+    rtstruct: str | os.PathLike,
+    rtdose: str | os.PathLike,
+    patient_id: str,
+    split: str | None = None,
+) -> OpenKBPPatient:
+    """A CT series folder + RTSTRUCT + RTDOSE -> ``OpenKBPPatient`` (ready for ``ctlib.dose.features``).
+
+    DICOM-RT has no possible-dose mask: the CT's body mask (``ctlib.data.body_mask``, -500 HU
+    threshold) stands in for it, as the region where a plan can deposit dose. Both RT objects must
+    share the CT series' Frame of Reference.
+    """
+    ct = dicom_read.read_dicom_series(ct_folder)
+    series = dicom_read.list_series(ct_folder)
+    frame = ct_frame_of_reference(series[0].files[0]) if series else None
+    if frame is None:
+        raise CTInputError(ct_folder, "the CT series has no FrameOfReferenceUID: RT objects cannot be matched to it")
+    ct.meta["frame_of_reference_uid"] = frame
+    structures = read_rtstruct(rtstruct, ct)
+    dose_gy = read_rtdose(rtdose, ct)
+    ct.meta["unmatched_roi_names"] = structures.unmatched
+    return OpenKBPPatient(
+        patient_id=patient_id, ct=ct, dose_gy=dose_gy, possible_dose_mask=body_mask.body_mask(ct),
+        structures=structures.masks, split=split,
+    )

@@ -48,11 +48,12 @@ golden: venv
 	find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort | \
 		CTLIB_RUNS_DIR=$$(mktemp -d) xargs -n1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.store_widget_state=False
 
-## bench: every benchmark, each writing bench/results/<name>.json
+## bench: the benchmarks that need no trained run, each writing bench/results/<name>.json (quality benchmarks: see README)
 bench: venv
 	$(PY) bench/io_read.py
 	$(PY) bench/viewer_latency.py
 	$(PY) bench/sampler_speed.py
+	$(PY) bench/gamma_speed.py
 
 index: venv
 	$(VENV)/bin/ctlib index

@@ -1,0 +1,138 @@
+"""Conditional diffusion for dose prediction (an ablation of the U-Net regressor; Ho et al. 2020, Song et al. 2021).
+
+The dose, scaled to ``x0 = 2 * dose_gy / dose_scale_gy - 1`` (0 Gy -> -1, ``dose_scale_gy`` -> +1), is
+denoised by MONAI's 3D ``DiffusionModelUNet`` (built by ``ctlib.models.latent_unet`` with one "latent"
+channel) conditioned by channel concatenation on the network inputs of ``ctlib.dose.datasets`` (CT,
+SDFs, possible-dose mask) and, with ``constraint_channels``, on the constraint vector broadcast as
+``K`` constant channels (each entry divided by its scale, as the U-Net's FiLM input). Training and
+sampling reuse ``ctlib.diffusion`` (schedules, eps / v / x0 targets, min-SNR-gamma weighting, the
+sampler registry) and the depth padding of ``ctlib.interp.latent_diffusion.denoiser``; the U-Net
+sees raw timesteps 0..T-1 in both. Sampling clips x0 to [-1, 1] at every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctlib.diffusion import losses, samplers, schedules
+from ctlib.diffusion.parameterization import Prediction, check_prediction
+from ctlib.interp.latent_diffusion import denoiser
+from ctlib.models.config_dict import ConfigDict
+
+
+@dataclasses.dataclass
+class DoseDiffusionSpec(ConfigDict):
+    """How the dose denoiser is trained: parameterization, schedule, loss weighting, dose scaling, conditioning."""
+
+    prediction: str = "v"  # "epsilon" | "v" | "x0"
+    schedule: str = "cosine"  # "linear" | "scaled_linear" | "cosine"
+    num_train_timesteps: int = 1000
+    min_snr_gamma: float | None = 5.0  # Hang et al. 2023; None = unweighted
+    dose_scale_gy: float = 80.0  # dose_scale_gy maps to +1, 0 Gy to -1
+    constraint_channels: bool = True  # append the scaled constraint vector as constant channels
+
+    def __post_init__(self) -> None:
+        check_prediction(self.prediction)
+        if self.schedule not in ("linear", "scaled_linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear', 'scaled_linear' or 'cosine', got {self.schedule!r}")
+        if self.dose_scale_gy <= 0:
+            raise ValueError(f"dose_scale_gy must be > 0, got {self.dose_scale_gy}")
+
+    def noise_schedule(self) -> schedules.NoiseSchedule:
+        """The schedule object the loss and the samplers use."""
+        return schedules.make_schedule(self.schedule, num_train_timesteps=self.num_train_timesteps)  # type: ignore[arg-type]
+
+
+def dose_to_unit(dose_gy: torch.Tensor, dose_scale_gy: float) -> torch.Tensor:
+    """Dose in Gy -> ``2 * dose / dose_scale_gy - 1`` (the diffusion's data space, about [-1, 1])."""
+    return 2.0 * dose_gy / dose_scale_gy - 1.0
+
+
+def unit_to_dose(x: torch.Tensor, dose_scale_gy: float) -> torch.Tensor:
+    """Inverse of ``dose_to_unit``, clamped to non-negative dose."""
+    return ((x + 1.0) * 0.5 * dose_scale_gy).clamp_min(0.0)
+
+
+def condition_channels(num_inputs: int, num_constraints: int, spec: DoseDiffusionSpec) -> int:
+    """Channels of the condition: the network inputs, plus one per constraint with ``constraint_channels``."""
+    return int(num_inputs) + (int(num_constraints) if spec.constraint_channels else 0)
+
+
+class DoseDiffusion(nn.Module):
+    """The denoiser with its spec: ``forward(batch) -> (loss, metrics)`` for ``ctlib.train.loop.train``, and ``sampler``.
+
+    ``unet`` is a ``DiffusionModelUNet`` with ``in = 1 + condition_channels(...)`` and ``out = 1``;
+    ``depth_multiple`` is ``latent_unet.required_depth_multiple`` (depth is padded to it; H and W must
+    be multiples already). ``constraint_scales`` ``(K,)`` divide the constraints (1 for flags).
+    """
+
+    def __init__(
+        self, unet: nn.Module, spec: DoseDiffusionSpec, *, depth_multiple: int, constraint_scales: Sequence[float]
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.spec = spec
+        self.schedule = spec.noise_schedule()
+        self.depth_multiple = int(depth_multiple)
+        self.register_buffer("constraint_scales", torch.tensor(list(constraint_scales), dtype=torch.float32),
+                             persistent=False)
+
+    def condition(self, inputs: torch.Tensor, constraints: torch.Tensor) -> torch.Tensor:
+        """``(B, C, D, H, W)`` inputs and ``(B, K)`` constraints -> the condition ``(B, C (+ K), D, H, W)``."""
+        if not self.spec.constraint_channels:
+            return inputs
+        planes = (constraints.float() / self.constraint_scales).to(inputs.dtype)
+        planes = planes[:, :, None, None, None].expand(-1, -1, *inputs.shape[2:])
+        return torch.cat([inputs, planes], dim=1)
+
+    def denoiser(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The sampler's ``model_fn(cat([x_t, cond], 1), t)`` (depth padded for the U-Net and cropped back)."""
+        return denoiser(self.unet, self.depth_multiple)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Diffusion loss (min-SNR weighted if the spec says so) of a ``DosePatchDataset`` batch."""
+        x0 = dose_to_unit(batch["dose"].float(), self.spec.dose_scale_gy)
+        cond = self.condition(batch["inputs"].float(), batch["constraints"])
+        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
+        loss, info = losses.diffusion_loss(
+            self.denoiser(), x0, cond, self.schedule, prediction=prediction, min_snr_gamma=self.spec.min_snr_gamma,
+        )
+        return loss, {"mean_t": info["t"].float().mean()}
+
+    def sampler(
+        self,
+        *,
+        num_steps: int = 20,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        name: str = "ddim",
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A dose model ``(inputs (n, C, d, h, w), constraints (n, K)) -> dose_gy (n, 1, d, h, w)`` that samples.
+
+        Each call runs the registered sampler ``name`` (DDIM, Song et al. 2021, by default; eta 0 is
+        deterministic given the initial noise, drawn from ``generator``) from pure noise, in eval mode,
+        and maps the sample back to Gy. Plug it into ``ctlib.dose.inference.predict_dose`` for whole
+        volumes: windows are sampled one after the other from the same generator.
+        """
+        sample = samplers.get_sampler(name)
+        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
+
+        def dose_model(inputs: torch.Tensor, constraints: torch.Tensor) -> torch.Tensor:
+            was_training = self.training
+            self.eval()
+            try:
+                cond = self.condition(inputs.float(), constraints)
+                x = sample(
+                    self.denoiser(), (inputs.shape[0], 1, *inputs.shape[2:]), cond, self.schedule,
+                    prediction=prediction, num_steps=num_steps, generator=generator, eta=eta, clip_x0=(-1.0, 1.0),
+                )
+            finally:
+                self.train(was_training)
+            return unit_to_dose(x, self.spec.dose_scale_gy)
+
+        return dose_model

@@ -1,0 +1,178 @@
+"""Sampling ablation of latent-diffusion slice interpolation: sampler x steps x eta x samples, scored
+with the slice-interpolation protocol (``ctlib.metrics.interpolation``) and timed per volume.
+
+DDPM (Ho et al. 2020) only runs its full chain of ``num_train_timesteps`` steps (fewer steps would need
+a respaced schedule, see ``ctlib.diffusion.samplers``); it is always stochastic and equals DDIM with
+eta = 1 on that chain, so its rows carry ``steps = T`` and ``eta = 1``. Every other sampler runs each
+``steps`` x ``eta`` of the grid. With ``samples >= 2`` the per-voxel standard deviation of the samples
+is compared with the error of their mean (Pearson correlation over the scored voxels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ctlib.data import thick_slices
+from ctlib.diffusion import samplers
+from ctlib.interp import pipeline
+from ctlib.interp.bundle import Interpolator
+from ctlib.metrics import interpolation
+
+FULL_CHAIN_SAMPLERS = ("ddpm",)  # samplers that only run all T steps (steps_list and etas do not apply)
+SETTING_COLUMNS = ["sampler", "steps", "eta", "samples"]
+METRIC_COLUMNS = ["psnr_full_db", "psnr_soft_db", "ssim_full", "slab_residual_hu", "psnr_full_no_dc_db",
+                  "residual_before_hu", "std_mean_hu", "std_error_corr", "unet_evals", "seconds", "seconds_per_step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of the sampling grid."""
+
+    sampler: str
+    steps: int
+    eta: float
+    samples: int
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``ddim 20 steps, eta 0, K=2``."""
+        return f"{self.sampler} {self.steps} steps, eta {self.eta:g}, K={self.samples}"
+
+
+@dataclasses.dataclass
+class AblationOutput:
+    """Rows of ``run_ablation`` (one per volume and setting) and the results the caller asked to keep."""
+
+    table: pd.DataFrame
+    kept: dict[tuple[str, Setting], pipeline.InterpolationResult]
+
+
+def sampling_grid(
+    sampler_names: Iterable[str],
+    steps_list: Iterable[int],
+    etas: Iterable[float],
+    samples_list: Iterable[int],
+    *,
+    num_train_timesteps: int,
+) -> list[Setting]:
+    """The settings of the sampler x steps x eta x samples grid, in that nesting order, without repeats.
+
+    A full-chain sampler (DDPM) gets one setting per ``samples`` with ``steps = num_train_timesteps``
+    and ``eta = 1``. Unknown samplers, steps outside ``[1, T]`` and samples < 1 raise ``ValueError``.
+    """
+    steps_list, etas, samples_list = [int(s) for s in steps_list], [float(e) for e in etas], list(samples_list)
+    bad_steps = [s for s in steps_list if not 1 <= s <= num_train_timesteps]
+    if bad_steps:
+        raise ValueError(f"steps must lie in [1, T={num_train_timesteps}], got {bad_steps}")
+    if any(isinstance(k, bool) or int(k) != k or k < 1 for k in samples_list):
+        raise ValueError(f"samples must be integers >= 1, got {samples_list}")
+    if any(e < 0 for e in etas):
+        raise ValueError(f"eta must be >= 0, got {etas}")
+    grid: list[Setting] = []
+    for name in sampler_names:
+        samplers.get_sampler(name)  # ValueError naming the registered samplers
+        if name in FULL_CHAIN_SAMPLERS:
+            points = [(num_train_timesteps, 1.0, int(k)) for k in samples_list]
+        else:
+            if not steps_list or not etas:
+                raise ValueError(f"sampler {name!r} needs at least one value in steps_list and in etas")
+            points = [(s, e, int(k)) for s in steps_list for e in etas for k in samples_list]
+        for steps, eta, k in points:
+            setting = Setting(name, steps, eta, k)
+            if setting not in grid:
+                grid.append(setting)
+    return grid
+
+
+def uncertainty_error_correlation(std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation of the per-voxel std of the samples and |mean - truth| over ``mask`` (NaN if flat)."""
+    s, e = std_hu[mask].astype(np.float64), np.abs(error_hu[mask]).astype(np.float64)
+    if s.size < 2 or s.std() == 0 or e.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(s, e)[0, 1])
+
+
+def error_by_uncertainty(std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean |error| per quantile bin of the std over ``mask`` (a calibration curve): columns
+    ``std_hu`` (bin mean), ``abs_error_hu`` (bin mean), ``voxels``; one row per non-empty bin."""
+    s, e = std_hu[mask].astype(np.float64), np.abs(error_hu[mask]).astype(np.float64)
+    if s.size == 0:
+        return pd.DataFrame(columns=["std_hu", "abs_error_hu", "voxels"])
+    edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, bins + 1)))
+    which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, max(len(edges) - 2, 0))
+    frame = pd.DataFrame({"bin": which, "std_hu": s, "abs_error_hu": e})
+    out = frame.groupby("bin").agg(std_hu=("std_hu", "mean"), abs_error_hu=("abs_error_hu", "mean"),
+                                   voxels=("std_hu", "size"))
+    return out.reset_index(drop=True)
+
+
+def score(result: pipeline.InterpolationResult, pair: thick_slices.ThickThinPair) -> dict[str, float]:
+    """Protocol metrics of one sampling result, its timing, and (K >= 2) the uncertainty statistics."""
+    row = interpolation.evaluate(result.mean, pair)
+    row["psnr_full_no_dc_db"] = (interpolation.evaluate(result.raw, pair)["psnr_full_db"]
+                                 if result.raw is not None else float("nan"))
+    row["residual_before_hu"] = result.residual_before_hu
+    if result.std is not None:
+        mask = interpolation.scored_mask(pair)
+        row["std_mean_hu"] = float(result.std.array[mask].mean())
+        row["std_error_corr"] = uncertainty_error_correlation(result.std.array, result.mean.array - pair.thin.array,
+                                                              mask)
+    else:
+        row["std_mean_hu"] = row["std_error_corr"] = float("nan")
+    # network cost, independent of the machine: U-Net calls over all z-windows and samples
+    row["unet_evals"] = result.settings["steps"] * result.settings["samples"] * len(result.windows)
+    row["seconds"] = result.seconds
+    row["seconds_per_step"] = result.seconds_per_step
+    return row
+
+
+def run_ablation(
+    pairs: Mapping[str, thick_slices.ThickThinPair],
+    interpolator: Interpolator,
+    grid: Iterable[Setting],
+    *,
+    seed: int = 0,
+    window_depth: int | None = None,
+    chunk: int = 16,
+    bf16: bool = False,
+    keep: Callable[[str, Setting], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> AblationOutput:
+    """Run every setting of ``grid`` on every thick/thin pair with ``pipeline.interpolate_volume``.
+
+    Each run uses the same ``seed``, so settings differ only in the sampler, not in the starting noise.
+    ``keep(volume_id, setting)`` says which full results to return (they hold volumes: keep few);
+    ``log`` receives one line per run. The table has ``volume_id``, the ``SETTING_COLUMNS`` and the
+    ``METRIC_COLUMNS`` (PSNR in dB, SSIM, residuals and std in HU, U-Net calls, seconds per volume and
+    per step).
+    """
+    grid = list(grid)
+    rows, kept = [], {}
+    for volume_id, pair in pairs.items():
+        for setting in grid:
+            t0 = time.perf_counter()
+            result = pipeline.interpolate_volume(
+                pair.thick, interpolator, factor=pair.factor, sampler=setting.sampler, steps=setting.steps,
+                eta=setting.eta, samples=setting.samples, window_depth=window_depth, seed=seed, chunk=chunk,
+                bf16=bf16, progress=False, return_raw=True)
+            rows.append({"volume_id": volume_id, **dataclasses.asdict(setting), **score(result, pair)})
+            if keep is not None and keep(volume_id, setting):
+                kept[(volume_id, setting)] = result
+            if log is not None:
+                log(f"{volume_id}: {setting.label}: {rows[-1]['psnr_full_db']:.2f} dB, "
+                    f"{time.perf_counter() - t0:.1f} s")
+    table = pd.DataFrame(rows, columns=["volume_id", *SETTING_COLUMNS, *METRIC_COLUMNS])
+    return AblationOutput(table, kept)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over volumes of every metric, one row per setting (grid order kept), plus ``volumes``."""
+    grouped = table.groupby(SETTING_COLUMNS, sort=False)
+    summary = grouped[METRIC_COLUMNS].mean()
+    summary["volumes"] = grouped.size()
+    return summary.reset_index()

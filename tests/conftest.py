@@ -23,6 +23,18 @@ def data_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: on a shared 2-core CPU, threads waiting on each other made the
+    many small operations of the dose and gamma tests up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_runs_dir(tmp_path_factory, monkeypatch):
     """Every test writes run directories into its own temporary folder, never into runs/."""

@@ -16,13 +16,7 @@ from ctlib.train import loop
 ROIS = np.array(["Brainstem", "PTV70"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU several threads waiting on each other are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_patient(shape=(8, 16, 16), seed: int = 0, patient_id: str = "pt_1") -> DosePatient:

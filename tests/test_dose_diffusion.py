@@ -11,13 +11,7 @@ from ctlib.models import latent_unet
 C, K = 3, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU several threads waiting on each other are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(constraint_channels: bool = True, prediction: str = "v") -> diffusion.DoseDiffusion:

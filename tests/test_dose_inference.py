@@ -10,14 +10,7 @@ from ctlib.dose import datasets, inference
 from ctlib.models import dose_unet
 from tests.test_dose_datasets import synthetic_patient
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU several threads waiting on each other are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pointwise(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

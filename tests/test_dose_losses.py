@@ -11,13 +11,7 @@ from ctlib.dose import losses
 ROIS = ("Brainstem", "PTV56", "PTV70")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU several threads waiting on each other are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _case(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -11,14 +11,7 @@ from ctlib.models import dose_unet, latent_unet
 from ctlib.train import loop
 from tests.test_dose_datasets import ROIS, synthetic_patient
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU several threads waiting on each other are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(model_config, tmp_path, ema: bool = False):

@@ -10,13 +10,7 @@ from ctlib.models import dose_unet
 TINY = dict(in_channels=3, constraint_dim=4, channels=(4, 8, 8), num_res_units=1, film_hidden=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core CPU several threads waiting on each other are far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(**kw) -> dose_unet.DoseUNet:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ctlib.atomic import atomic_path
 from ctlib.io.errors import CTInputError
+from ctlib.io.npz import read_npz
 
 SDF_CLIP_MM = 50.0
 SPLITS = ("train", "validation", "test")
@@ -137,16 +138,7 @@ def save_dose_patient(path: str | os.PathLike, patient: DosePatient) -> Path:
 def load_dose_patient(path: str | os.PathLike) -> DosePatient:
     """Read a ``DosePatient``; ``CTInputError`` naming the file when it is missing, unreadable or inconsistent."""
     path = Path(path)
-    if not path.is_file():
-        raise CTInputError(path, "no such preprocessed dose patient file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except Exception as err:
-        raise CTInputError(path, f"not a readable .npz file ({type(err).__name__}: {err})") from None
-    missing = [key for key in KEYS if key not in arrays]
-    if missing:
-        raise CTInputError(path, f"not a preprocessed dose patient: missing keys {missing}")
+    arrays = read_npz(path, KEYS, "a preprocessed dose patient")
     values = {f.name: arrays[f.name] for f in fields(DosePatient)}
     values["patient_id"] = str(values["patient_id"])
     values["split"] = str(values["split"])

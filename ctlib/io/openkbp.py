@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ctlib.io.errors import CTInputError
+from ctlib.io.npz import read_npz
 from ctlib.io.volume import Volume
 
 GRID = (128, 128, 128)
@@ -83,16 +84,8 @@ def _check_dose(dose: np.ndarray, source: Path) -> None:
 def read_openkbp_npz(path: str | os.PathLike) -> OpenKBPPatient:
     """Read one repacked OpenKBP patient (``.npz`` from the shared data's repack_openkbp.py)."""
     path = Path(path)
-    if not path.is_file():
-        raise CTInputError(path, "no such file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            fields = {key: data[key] for key in data.files}
-    except Exception as err:
-        raise CTInputError(path, f"not a readable .npz file ({type(err).__name__}: {err})") from None
-    missing = {"ct", "possible_dose_mask", "structure_masks", "roi_names", "voxel_size_mm"} - set(fields)
-    if missing:
-        raise CTInputError(path, f"not an OpenKBP patient file: missing keys {sorted(missing)}")
+    fields = read_npz(path, ("ct", "possible_dose_mask", "structure_masks", "roi_names", "voxel_size_mm"),
+                      "an OpenKBP patient file")
     patient_id = str(fields.get("patient_id", path.stem))
     _check_grid(fields["ct"], "ct", path)
     _check_grid(fields["possible_dose_mask"], "possible_dose_mask", path)

@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
+from test_dicom_read import edit
 
 from ctlib.dose import features
 from ctlib.io import dicom_rt, openkbp
@@ -162,16 +163,6 @@ def test_read_rt_patient_feeds_the_dose_features(synthetic):
     assert not dose_patient.possible_dose_mask[:, :2].any() and dose_patient.dose_gy[:, :2].max() == 0
 
 
-def _edit(path, **changes):
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    ds.save_as(path)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +180,7 @@ def _edit(path, **changes):
 def test_bad_rt_objects_are_refused(synthetic, target, changes, problem):
     folder, ct, frame, _ = synthetic
     write_rtdose(folder / "rd.dcm", np.ones((6, 20, 24)), ct.origin, ct.spacing, frame)
-    _edit(folder / target, **changes)
+    edit(folder / target, **changes)
     read = dicom_rt.read_rtstruct if target == "rs.dcm" else dicom_rt.read_rtdose
     with pytest.raises(CTInputError, match=problem) as info:
         read(folder / target, ct, frame_of_reference_uid=frame)

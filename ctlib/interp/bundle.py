@@ -73,14 +73,19 @@ def _run_checkpoint(run_id: str, relative: Path, what: str) -> Path:
     return run_dir / relative
 
 
-def diffusion_checkpoint_path(run_id_or_path: str | os.PathLike) -> Path:
-    """The diffusion checkpoint named by a run id, a run folder, or a ``.pt`` file."""
+def checkpoint_path(run_id_or_path: str | os.PathLike, relative: Path, what: str) -> Path:
+    """The checkpoint named by a run id (``<run dir>/<relative>``), a run folder, or a ``.pt`` file."""
     candidate = Path(run_id_or_path)
     if candidate.is_file() or candidate.suffix == ".pt":
         return candidate
     if candidate.is_dir():
-        return candidate / DIFFUSION_CHECKPOINT
-    return _run_checkpoint(str(run_id_or_path), DIFFUSION_CHECKPOINT, "diffusion")
+        return candidate / relative
+    return _run_checkpoint(str(run_id_or_path), relative, what)
+
+
+def diffusion_checkpoint_path(run_id_or_path: str | os.PathLike) -> Path:
+    """The diffusion checkpoint named by a run id, a run folder, or a ``.pt`` file."""
+    return checkpoint_path(run_id_or_path, DIFFUSION_CHECKPOINT, "diffusion")
 
 
 def _checked(ckpt: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:

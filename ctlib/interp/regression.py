@@ -46,12 +46,7 @@ class RegressorBundle:
 
 def regressor_checkpoint_path(run_id_or_path: str | os.PathLike) -> Path:
     """The regressor checkpoint named by a run id, a run folder, or a ``.pt`` file."""
-    candidate = Path(run_id_or_path)
-    if candidate.is_file() or candidate.suffix == ".pt":
-        return candidate
-    if candidate.is_dir():
-        return candidate / REGRESSOR_CHECKPOINT
-    return bundle._run_checkpoint(str(run_id_or_path), REGRESSOR_CHECKPOINT, "regressor")
+    return bundle.checkpoint_path(run_id_or_path, REGRESSOR_CHECKPOINT, "regressor")
 
 
 def load_regressor_run(

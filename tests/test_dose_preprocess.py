@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ctlib.dose import patient_file, preprocess
@@ -69,6 +70,19 @@ def test_preprocess_writes_files_and_records_refusals(phantoms, tmp_path):
     assert metrics["n_patients"] == 2 and metrics["n_refused"] == 3
     assert metrics["present_fraction_PTV70"] == 1.0 and metrics["present_fraction_Larynx"] == 0.0
     assert sum(metrics[f"n_{s}"] for s in patient_file.SPLITS) == 2
+
+
+def test_preprocess_in_worker_processes_matches_serial(phantoms, tmp_path):
+    broken = dataclasses.replace(phantoms[1], patient_id="broken", dose_gy=phantoms[1].dose_gy[:, :, :-1])
+    sources = [phantoms[0], broken, phantoms[2]]
+    serial = preprocess.preprocess_patients(sources, tmp_path / "serial")
+    pooled = preprocess.preprocess_patients(sources, tmp_path / "pooled", workers=2)
+    columns = [c for c in serial.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(serial[columns], pooled[columns])
+    assert pooled["status"].tolist() == ["ok", "refused", "ok"]
+    for rel in serial.loc[serial["status"] == "ok", "path"]:
+        a, b = (patient_file.load_dose_patient(tmp_path / d / rel) for d in ("serial", "pooled"))
+        assert np.array_equal(a.sdf_mm, b.sdf_mm) and np.array_equal(a.dose_gy, b.dose_gy)
 
 
 def test_select_patients(phantoms):

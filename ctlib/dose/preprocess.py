@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,52 +112,61 @@ def preprocess_patients(
     out_dir: str | os.PathLike,
     *,
     sdf_clip_mm: float = SDF_CLIP_MM,
+    workers: int = 0,
 ) -> pd.DataFrame:
     """Preprocess every source into ``<out_dir>/patients/<split>/<id>.npz``; write and return the manifest.
 
     Manifest columns: ``id, split, status ("ok" / "refused"), refused_reason, warnings, spacing_dz_mm,
     spacing_dy_mm, spacing_dx_mm, present`` (``;``-joined canonical names), ``n_present, max_dose_gy,
     path`` (relative to ``out_dir``) and ``seconds``. The split is the patient's own (OpenKBP: the
-    challenge's; phantoms: ``phantom_patients``), else the parent folder's name.
+    challenge's; phantoms: ``phantom_patients``), else the parent folder's name. ``workers > 1`` spreads
+    the patients over that many processes (each patient is independent; rows keep the sources' order).
     """
     out_dir = Path(out_dir)
-    rows = []
-    for source in sources:
-        start = time.perf_counter()
-        patient_id, split = _describe(source)
-        row: dict = {"id": patient_id, "split": split or "", "status": "refused", "refused_reason": "",
-                     "warnings": "", "spacing_dz_mm": np.nan, "spacing_dy_mm": np.nan, "spacing_dx_mm": np.nan,
-                     "present": "", "n_present": 0, "max_dose_gy": np.nan, "path": ""}
-        try:
-            patient = source if isinstance(source, OpenKBPPatient) else openkbp.read_openkbp(source)
-            split = patient.split or split
-            if split not in SPLITS:
-                raise CTInputError(getattr(source, "patient_id", source),
-                                   f"split {split!r} is not one of {SPLITS}")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", features.DoseInputWarning)
-                dose_patient = features.dose_patient_from_openkbp(patient, split, sdf_clip_mm=sdf_clip_mm)
-            path = patient_file.save_dose_patient(
-                patient_file.patient_path(out_dir, split, dose_patient.patient_id), dose_patient)
-            dz, dy, dx = dose_patient.spacing_mm.tolist()
-            row.update(
-                id=dose_patient.patient_id, split=split, status="ok",
-                warnings=" | ".join(str(w.message) for w in caught),
-                spacing_dz_mm=round(dz, 4), spacing_dy_mm=round(dy, 4), spacing_dx_mm=round(dx, 4),
-                present=";".join(n for n, p in zip(ROI_NAMES, dose_patient.present, strict=True) if p),
-                n_present=int(dose_patient.present.sum()),
-                max_dose_gy=round(float(dose_patient.dose_gy.max()), 3),
-                path=path.relative_to(out_dir).as_posix(),
-            )
-        except CTInputError as err:
-            row["refused_reason"] = str(err)
-        row["seconds"] = round(time.perf_counter() - start, 2)
-        rows.append(row)
+    sources = list(sources)
+    if workers > 1 and len(sources) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(sources))) as pool:
+            rows = list(pool.map(_preprocess_one, sources, [out_dir] * len(sources), [sdf_clip_mm] * len(sources)))
+    else:
+        rows = [_preprocess_one(source, out_dir, sdf_clip_mm) for source in sources]
     splits.save_manifest(out_dir / MANIFEST, rows)
     manifest = splits.load_manifest(out_dir / MANIFEST)
     text = ["split", "refused_reason", "warnings", "present", "path"]
     manifest[text] = manifest[text].astype(object).where(manifest[text].notna(), "")  # CSV reads "" as NaN
     return manifest
+
+
+def _preprocess_one(source: str | os.PathLike | OpenKBPPatient, out_dir: Path, sdf_clip_mm: float) -> dict:
+    """One patient's manifest row; its ``.npz`` is written unless the patient is refused."""
+    start = time.perf_counter()
+    patient_id, split = _describe(source)
+    row: dict = {"id": patient_id, "split": split or "", "status": "refused", "refused_reason": "",
+                 "warnings": "", "spacing_dz_mm": np.nan, "spacing_dy_mm": np.nan, "spacing_dx_mm": np.nan,
+                 "present": "", "n_present": 0, "max_dose_gy": np.nan, "path": ""}
+    try:
+        patient = source if isinstance(source, OpenKBPPatient) else openkbp.read_openkbp(source)
+        split = patient.split or split
+        if split not in SPLITS:
+            raise CTInputError(getattr(source, "patient_id", source), f"split {split!r} is not one of {SPLITS}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", features.DoseInputWarning)
+            dose_patient = features.dose_patient_from_openkbp(patient, split, sdf_clip_mm=sdf_clip_mm)
+        path = patient_file.save_dose_patient(
+            patient_file.patient_path(out_dir, split, dose_patient.patient_id), dose_patient)
+        dz, dy, dx = dose_patient.spacing_mm.tolist()
+        row.update(
+            id=dose_patient.patient_id, split=split, status="ok",
+            warnings=" | ".join(str(w.message) for w in caught),
+            spacing_dz_mm=round(dz, 4), spacing_dy_mm=round(dy, 4), spacing_dx_mm=round(dx, 4),
+            present=";".join(n for n, p in zip(ROI_NAMES, dose_patient.present, strict=True) if p),
+            n_present=int(dose_patient.present.sum()),
+            max_dose_gy=round(float(dose_patient.dose_gy.max()), 3),
+            path=path.relative_to(out_dir).as_posix(),
+        )
+    except CTInputError as err:
+        row["refused_reason"] = str(err)
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row
 
 
 def summary_metrics(manifest: pd.DataFrame) -> dict[str, float]:

@@ -220,6 +220,19 @@ def test_nonfinite_loss_and_callback_stop(tmp_path):
     assert len(history) == 3 and checkpoint.load_checkpoint(tmp_path / "stop.pt")["extra"]["step"] == 3
 
 
+def test_wall_clock_budget_stops_after_a_checkpoint_and_resumes(tmp_path):
+    budget = config(steps=10, log_every=2, max_minutes=1e-9)  # past the budget at the first log step
+    history = loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), budget,
+                         checkpoint_path=tmp_path / "budget.pt", normalization=NORMALIZATION)
+    assert [r["step"] for r in history] == [2] and "_past_deadline" not in history[0]
+    assert checkpoint.load_checkpoint(tmp_path / "budget.pt")["extra"]["step"] == 2
+    history = loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), config(steps=10, log_every=2),
+                         checkpoint_path=tmp_path / "budget.pt", normalization=NORMALIZATION)
+    assert [r["step"] for r in history] == [2, 4, 6, 8, 10]
+    with pytest.raises(ValueError, match="max_minutes"):
+        loop.TrainConfig(max_minutes=-1)
+
+
 def test_config_validation_and_schedules():
     with pytest.raises(ValueError, match="amp"):
         loop.TrainConfig(amp="fp16")

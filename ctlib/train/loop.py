@@ -52,6 +52,7 @@ class TrainConfig(ConfigDict):
     checkpoint_every: int = 100  # steps per checkpoint (one file, replaced atomically)
     seed: int = 0
     device: str = "auto"  # "auto": cuda:LOCAL_RANK if available, else cpu
+    max_minutes: float = 0.0  # wall-clock budget: stop (after a checkpoint) at the first log step past it; 0 = none
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
@@ -59,8 +60,8 @@ class TrainConfig(ConfigDict):
         for name in ("batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.steps < 0 or self.lr <= 0 or self.grad_clip < 0:
-            raise ValueError(f"TrainConfig: need steps >= 0, lr > 0, grad_clip >= 0; got {self}")
+        if self.steps < 0 or self.lr <= 0 or self.grad_clip < 0 or self.max_minutes < 0:
+            raise ValueError(f"TrainConfig: need steps >= 0, lr > 0, grad_clip >= 0, max_minutes >= 0; got {self}")
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -145,7 +146,9 @@ def train(
     scale factor) are stored too. ``ema`` is any object with ``update(model)``, ``state_dict()`` and
     ``load_state_dict()``. Metrics must be scalars. ``lr_schedule`` is a multiplier ``step -> factor`` (see
     ``lr_schedules``). ``callback(record, model)`` runs at every log step; returning ``True`` stops
-    after a checkpoint. ``resume=False`` starts over and replaces an existing checkpoint.
+    after a checkpoint, and so does ``config.max_minutes`` of wall time in this call (the LR schedule is then
+    not finished; started again, the run resumes up to ``config.steps``). ``resume=False`` starts over and
+    replaces an existing checkpoint.
     """
     extra = dict(extra or {})
     clash = [k for k in RESERVED_EXTRA if k in extra]
@@ -217,6 +220,7 @@ def train(
     accum = config.grad_accum_steps
     sums: dict[str, torch.Tensor] = {}
     n_logged, t_log, stop = 0, time.perf_counter(), False
+    deadline = t_log + 60.0 * config.max_minutes if config.max_minutes > 0 else float("inf")
     while step < config.steps and not stop:
         net.train()
         optimizer.zero_grad(set_to_none=True)
@@ -245,12 +249,16 @@ def train(
         step += 1
         n_logged += 1
         if step % config.log_every == 0 or step == config.steps:
-            means = distributed.all_reduce_mean({k: float(v) / n_logged for k, v in sums.items()}, world)
             now = time.perf_counter()
+            past = {"_past_deadline": float(now > deadline)}  # reduced with the metrics: every rank stops together
+            means = distributed.all_reduce_mean({**{k: float(v) / n_logged for k, v in sums.items()}, **past}, world)
+            out_of_time = means.pop("_past_deadline") > 0
             record = {"step": step, "lr": lr, **means, "seconds_per_step": (now - t_log) / n_logged}
             history.append(record)
             sums, n_logged, t_log = {}, 0, now
             if callback is not None and callback(record, base) is True:
+                stop = True
+            if out_of_time:
                 stop = True
         if stop or step % config.checkpoint_every == 0 or step == config.steps:
             save()

@@ -14,12 +14,18 @@ pymedphys once per patient after a warm-up on a small grid (numba compilation), 
 call, ``--repeats`` times (median). The CUDA time is measured too when a GPU is present.
 
     python bench/gamma_speed.py [--patients 3] [--threads 1] [--repeats 3] [--out bench/results/gamma_speed.json]
+
+On a GPU machine, ``--cuda-only`` adds the CUDA timings to an existing CPU report (``--baseline``) for its
+patients, without re-running pymedphys there: each row gains ``ctlib_cuda_s`` (median of ``--repeats``
+calls after a warm-up, synchronized), the CUDA pass rate and its difference to pymedphys, and the report
+a ``cuda`` section naming the GPU machine. The CPU columns stay those measured on the CPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import time
@@ -59,8 +65,9 @@ def pymedphys_gamma(reference: np.ndarray, evaluated: np.ndarray, spacing_mm) ->
                            interp_fraction=CRITERIA["interp_fraction"], max_gamma=CRITERIA["max_gamma"])
 
 
-def ours(reference, evaluated, spacing_mm, device: str = "cpu") -> gamma.GammaResult:
-    """One cold call: the search plan (offsets grouped by cell, cached per spacing) is rebuilt and timed too."""
+def ours(reference, evaluated, spacing_mm, device: str | None = None) -> gamma.GammaResult:
+    """One cold call on the inputs' device: the search plan (offsets grouped by cell, cached per spacing) is rebuilt
+    and timed too."""
     gamma._search_plan.cache_clear()
     return gamma.gamma_index(reference, evaluated, spacing_mm, device=device, **CRITERIA)
 
@@ -87,13 +94,56 @@ def time_cuda(reference: np.ndarray, evaluated: np.ndarray, spacing_mm, repeats:
     return statistics.median(times)
 
 
+def add_cuda_timings(baseline: dict, repeats: int) -> dict:
+    """``baseline`` (a CPU report of ``main``) with CUDA times and pass rates of the same dose pairs added."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--cuda-only needs a CUDA device")
+    report = {**baseline, "patients": [dict(r) for r in baseline["patients"]]}
+    for row in report["patients"]:
+        patient = openkbp.read_openkbp_npz(paths.data_dir() / "openkbp" / "test" / f"{row['patient']}.npz")
+        reference, spacing = patient.dose_gy, patient.ct.spacing
+        evaluated = perturb(reference)
+        result = ours(torch.from_numpy(reference).cuda(), torch.from_numpy(evaluated).cuda(), spacing)
+        row["ctlib_cuda_s"] = time_cuda(reference, evaluated, spacing, repeats)
+        row["ctlib_cuda_pass_rate_percent"] = result.pass_rate_percent
+        row["cuda_pass_rate_diff_points"] = result.pass_rate_percent - row["pymedphys_pass_rate_percent"]
+        row["speedup_cuda_vs_pymedphys_cpu"] = row["pymedphys_s"] / row["ctlib_cuda_s"]
+        print(f"{row['patient']}: CUDA {row['ctlib_cuda_s'] * 1000:.1f} ms, pass {result.pass_rate_percent:.3f} % "
+              f"(pymedphys {row['pymedphys_pass_rate_percent']:.3f} %)", flush=True)
+    rows = report["patients"]
+    total = sum(r["ctlib_cuda_s"] for r in rows)
+    report["ctlib_cuda_total_s"] = total
+    report["cuda"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": run_record.machine_info(PACKAGES[:3]),
+        "repeats": repeats,
+        "ctlib_cuda_total_s": total,
+        "speedup_cuda_vs_pymedphys_cpu_total": report["pymedphys_total_s"] / total,
+        "speedup_cuda_vs_ctlib_cpu_total": report["ctlib_cpu_total_s"] / total,
+        "max_abs_cuda_pass_rate_diff_points": max(abs(r["cuda_pass_rate_diff_points"]) for r in rows),
+        "note": "CUDA times on the GPU machine named here; pymedphys and ctlib CPU times are the baseline's "
+                "(the CPU machine under 'machine', threads as stated), so the CUDA ratios compare two machines",
+    }
+    report["note"] = "CUDA measured on the machine under 'cuda'"
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and numba (pymedphys)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/gamma_speed.json")
+    parser.add_argument("--cuda-only", action="store_true", help="add CUDA timings to --baseline (see above)")
+    parser.add_argument("--baseline", type=Path, default=paths.repo_root() / "bench/results/gamma_speed.json")
     args = parser.parse_args(argv)
+    if args.cuda_only:
+        report = add_cuda_timings(json.loads(args.baseline.read_text()), args.repeats)
+        atomic.write_json(args.out, report)
+        print(f"CUDA total {report['ctlib_cuda_total_s']:.3f} s: x{report['cuda']['speedup_cuda_vs_pymedphys_cpu_total']:.0f} "
+              f"vs pymedphys (CPU), max |pass-rate diff| {report['cuda']['max_abs_cuda_pass_rate_diff_points']:.3f} points")
+        print(f"wrote {args.out}")
+        return report
     import numba
 
     machine = run_record.machine_info(PACKAGES)  # load average before the run

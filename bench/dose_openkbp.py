@@ -109,6 +109,8 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
         "gamma_pass_sd_percent": float(scores["gamma_pass_percent"].std(ddof=1)) if gamma_n > 1 else None,
         "gamma_patients": int(scores["gamma_pass_percent"].notna().sum()),
         "evaluation_s": time.perf_counter() - t0,
+        "evaluated_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "evaluation_device": str(device),
         "mean_predict_s": float(scores["predict_s"].mean()),
         "mean_gamma_s": float(scores["gamma_s"].mean()),
         "inference": {**{k: v for k, v in bundle.window_options.items() if k != "sw_device"},
@@ -117,6 +119,19 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
         "training_budget": training_budget(run_id, bundle),
     }
     return result, scores
+
+
+def merged(old: dict, variants: list[dict], per_patient: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The variants and per-patient rows of an earlier report ``old`` whose training runs were not evaluated
+    again, followed by the new ones (each variant keeps its own ``evaluated_utc`` and ``evaluation_device``)."""
+    fresh = {v["train_run_id"] for v in variants}
+    kept = [v for v in old["variants"] if v["train_run_id"] not in fresh]
+    for variant in kept:
+        variant.setdefault("evaluated_utc", old.get("date"))
+        variant.setdefault("evaluation_device", old.get("evaluation_device"))
+    kept_ids = {v["train_run_id"] for v in kept}
+    rows = [r for r in old["per_patient"] if r.get("train_run_id") in kept_ids]
+    return kept + variants, rows + per_patient
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help='"auto": CUDA if available, else CPU')
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/dose_openkbp.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the variants already in --out whose training runs are not evaluated again")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,7 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{run_id}:", flush=True)
         result, scores = evaluate_run(run_id, args, device)
         variants.append(result)
-        per_patient.append(scores[["variant", "patient", "dose_score_gy", "dvh_score_gy", "gamma_pass_percent"]])
+        per_patient.append(scores.assign(train_run_id=run_id)[
+            ["train_run_id", "variant", "patient", "dose_score_gy", "dvh_score_gy", "gamma_pass_percent"]])
+    per_patient = json.loads(pd.concat(per_patient, ignore_index=True).to_json(orient="records"))  # NaN -> null
+    if args.merge and args.out.exists():
+        variants, per_patient = merged(json.loads(args.out.read_text()), variants, per_patient)
     report = {
         "benchmark": "dose_openkbp: OpenKBP dose score, DVH score and gamma pass rate of every trained dose variant "
                      "on the shared OpenKBP test patients, next to the published anchors",
@@ -164,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         "anchors": [{"name": a.name, "dose_score_gy": a.dose_score_gy, "dvh_score_gy": a.dvh_score_gy,
                      "test_patients": a.test_patients, "source": a.source} for a in evaluation.ANCHORS],
         "variants": variants,
-        "per_patient": json.loads(pd.concat(per_patient, ignore_index=True).to_json(orient="records")),  # NaN -> null
+        "per_patient": per_patient,
     }
     atomic.write_json(args.out, report)
     print(f"{'variant':>24} {'patients':>8} {'dose score':>10} {'DVH score':>9} {'gamma %':>8}")

@@ -204,16 +204,20 @@ def table_figure(tables: Mapping[str, pd.DataFrame], *, caption: str | None = No
     for ax, (title, table) in zip(axes[:, 0], tables.items(), strict=True):
         frame = table.reset_index() if any(n is not None for n in table.index.names) else table
         cells = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
-        labels = [str(c) for c in frame.columns]
-        chars = [max([len(label) + 2] + [len(row[i]) + 2 for row in cells]) for i, label in enumerate(labels)]
+        labels = [str(c).replace(" (", "\n(") for c in frame.columns]  # "agree % (variant)" on two lines
+        chars = [max([max(map(len, label.split("\n"))) + 2] + [len(row[i]) + 2 for row in cells])
+                 for i, label in enumerate(labels)]
         drawn = ax.table(cellText=cells, colLabels=labels, loc="center", cellLoc="center",
                          colWidths=[n / sum(chars) for n in chars])  # widths follow the longest text
         drawn.auto_set_font_size(False)
-        drawn.set_fontsize(10)
+        drawn.set_fontsize(min(10.0, max(6.0, 10.0 * width_in * 12.0 / sum(chars))))  # ~12 chars/inch at 10 pt
         drawn.scale(1.0, 1.25)
+        two_lines = any("\n" in label for label in labels)
         for (row, _), cell in drawn.get_celld().items():
             if row == 0:
                 cell.set_text_props(weight="bold")
+                if two_lines:
+                    cell.set_height(cell.get_height() * 2)
         ax.set_title(title, fontsize=12, loc="left")
         ax.axis("off")
     if caption:

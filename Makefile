@@ -34,6 +34,7 @@ chromium:
 
 ## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook
 test: venv chromium
+	$(VENV)/bin/lint-imports
 	CTLIB_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
 
@@ -60,6 +61,7 @@ index: venv
 
 lint: venv
 	$(PY) -m ruff check ctlib tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,6 @@
 """Benchmark: OpenKBP dose score, DVH score and gamma pass rate of every trained dose variant, next to the anchors.
 
-Protocol (``ctlib.dose.evaluation``, the same code as notebook 03): for each training run of notebook 02 given on
+Protocol (``ctlib.studies.dose.evaluation``, the same code as notebook 03): for each training run of notebook 02 given on
 the command line, every patient of ``--split`` (default ``test``: the 40 test patients of the shared OpenKBP data)
 of the preprocessing run recorded in its checkpoint is predicted whole (sliding windows of the run's validation
 size, overlap and blending; DDIM sampling with the run's steps and EMA weights for the diffusion variant, noise
@@ -36,9 +36,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ctlib import atomic, paths, run_record, runs  # noqa: E402
-from ctlib.dose import evaluation  # noqa: E402
-from ctlib.dose.patient_file import list_dose_patients  # noqa: E402
+from ctlib import atomic, paths, provenance, runs  # noqa: E402
+from ctlib.studies.dose import evaluation  # noqa: E402
+from ctlib.studies.dose.patient_file import list_dose_patients  # noqa: E402
 from ctlib.train import distributed  # noqa: E402
 
 PACKAGES = ("torch", "monai", "numpy", "scipy")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "dose_openkbp: OpenKBP dose score, DVH score and gamma pass rate of every trained dose variant "
                      "on the shared OpenKBP test patients, next to the published anchors",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": run_record.machine_info(PACKAGES),
+        "machine": provenance.machine_info(PACKAGES),
         "evaluation_device": str(device),
         "torch_threads": torch.get_num_threads(),
         "protocol": {

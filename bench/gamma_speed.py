@@ -40,7 +40,7 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ctlib import atomic, paths, run_record  # noqa: E402
+from ctlib import atomic, paths, provenance  # noqa: E402
 from ctlib.io import openkbp  # noqa: E402
 from ctlib.metrics import gamma  # noqa: E402
 
@@ -116,7 +116,7 @@ def add_cuda_timings(baseline: dict, repeats: int) -> dict:
     report["ctlib_cuda_total_s"] = total
     report["cuda"] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": run_record.machine_info(PACKAGES[:3]),
+        "machine": provenance.machine_info(PACKAGES[:3]),
         "repeats": repeats,
         "ctlib_cuda_total_s": total,
         "speedup_cuda_vs_pymedphys_cpu_total": report["pymedphys_total_s"] / total,
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     import numba
 
-    machine = run_record.machine_info(PACKAGES)  # load average before the run
+    machine = provenance.machine_info(PACKAGES)  # load average before the run
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
     files = sorted((paths.data_dir() / "openkbp" / "test").glob("pt_*.npz"), key=lambda p: int(p.stem[3:]))

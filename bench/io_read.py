@@ -27,7 +27,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 import SimpleITK as sitk  # noqa: E402
 from timing import interleaved_times  # noqa: E402  (bench/timing.py)
 
-from ctlib import atomic, paths, run_record  # noqa: E402
+from ctlib import atomic, paths, provenance  # noqa: E402
 from ctlib.io import dicom_read, nifti  # noqa: E402
 
 GOAL_RATIO = 1.2
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/io_read.json")
     args = parser.parse_args(argv)
     data = paths.data_dir(required=True)
-    info = run_record.machine_info(PACKAGES)
+    info = provenance.machine_info(PACKAGES)
     info["simpleitk_threads"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     results = {}
     for name, readers in cases(data).items():

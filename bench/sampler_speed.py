@@ -36,7 +36,7 @@ from monai.networks.nets import DiffusionModelUNet  # noqa: E402
 from monai.networks.schedulers import DDIMScheduler  # noqa: E402
 from timing import interleaved_times  # noqa: E402  (bench/timing.py)
 
-from ctlib import atomic, paths, run_record  # noqa: E402
+from ctlib import atomic, paths, provenance  # noqa: E402
 from ctlib.diffusion import samplers, schedules  # noqa: E402
 
 GOAL_RATIO = 1.05
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "sampler_speed: ctlib DDIM loop vs MONAI DiffusionInferer.sample + DDIMScheduler, "
                      "same 3D DiffusionModelUNet, medians of interleaved repeats",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": run_record.machine_info(PACKAGES),
+        "machine": provenance.machine_info(PACKAGES),
         "torch_threads": torch.get_num_threads(),
         "note": "CPU only: no GPU in this session, so the 512x512x300 GPU target is not measured here",
         "latent_shape_bcdhw": list(LATENT),

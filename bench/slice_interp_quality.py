@@ -7,7 +7,7 @@ simulated as slab means (or decimation, as the model was trained) at x2, x4 and 
 slices are scored, inside the body mask: PSNR per volume in the FULL window [-1024, 3071] HU -> [0, 1]
 and in the soft-tissue window (L 50, W 350), then averaged over volumes; SSIM = mean of per-axial-slice
 2D SSIM (FULL window). Linear and cubic run at every factor; the regressor and latent diffusion at the
-factor they were trained for (``ctlib.interp.evaluation.compare_methods``). Also recorded: the VAE's
+factor they were trained for (``ctlib.studies.interp.evaluation.compare_methods``). Also recorded: the VAE's
 reconstruction PSNR of the thin volumes (the ceiling of any latent method) and diffusion's slab residual
 in HU before and after data consistency. Goal: diffusion >= 2 dB above the best of linear and cubic in
 the FULL window; VAE reconstruction >= 37 dB (MAISI's VAE on unseen CT at the same 16x compression).
@@ -34,11 +34,11 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ctlib import atomic, paths, run_record, runs  # noqa: E402
-from ctlib.data import body_mask, cache, datasets, windows  # noqa: E402
-from ctlib.interp import bundle, evaluation, regression  # noqa: E402
+from ctlib import atomic, paths, provenance, runs  # noqa: E402
+from ctlib.data import body_mask, cache, windows  # noqa: E402
 from ctlib.metrics import image_quality  # noqa: E402
 from ctlib.models import vae as vae_module  # noqa: E402
+from ctlib.studies.interp import bundle, datasets, evaluation, regression  # noqa: E402
 
 GOAL_MARGIN_DB = 2.0
 GOAL_VAE_DB = 37.0
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "slice_interp_quality: linear / cubic / regressor / latent diffusion on held-out real CT",
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": run_record.machine_info(PACKAGES),
+        "machine": provenance.machine_info(PACKAGES),
         "runs": {"diffusion": args.diffusion_run, "vae": interpolator.meta["vae_run_id"],
                  "preprocess": preprocess_id, "regressor": args.regressor_run or None,
                  "diffusion_params": runs.read_run(args.diffusion_run).get("parameter_set"),

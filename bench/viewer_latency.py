@@ -40,9 +40,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from ctlib import atomic, paths, run_record  # noqa: E402
-from ctlib.data import thick_slices  # noqa: E402
+from ctlib import atomic, paths, provenance  # noqa: E402
 from ctlib.io import nifti  # noqa: E402
+from ctlib.studies.interp import thick_slices  # noqa: E402
 from ctlib.viz import labels as label_tables  # noqa: E402
 from ctlib.viz import render, viewer  # noqa: E402
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/viewer_latency.json")
     args = parser.parse_args(argv)
     data = paths.data_dir(required=True)
-    info = run_record.machine_info(PACKAGES)
+    info = provenance.machine_info(PACKAGES)
     single, grid, labels, names = load(data)
     cases = {name: make() for name, make in variants(single, grid, labels, names).items()}
     # Scroll the axial slider through the middle of the scan, one slice per move, back and forth.

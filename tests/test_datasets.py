@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ctlib import paths
-from ctlib.data import cache, datasets, phantom, splits, thick_slices, windows
-from ctlib.io.errors import CTInputError
+from ctlib.data import cache, phantom, splits, windows
+from ctlib.errors import CTInputError
+from ctlib.studies.interp import datasets, thick_slices
 from ctlib.train.streams import BatchStream
 
 WIDE = windows.HUWindow("wide", 0.0, 10000.0)  # no clipping: normalization commutes with slab means

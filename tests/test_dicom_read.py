@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from ctlib.errors import CTInputError
 from ctlib.io import dicom_read
-from ctlib.io.errors import CTInputError
 
 REAL_SERIES = "totalseg_example/example_ct_dicom"
 

@@ -11,11 +11,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 from test_dicom_read import edit
 
-from ctlib.dose import features
+from ctlib.errors import CTInputError
 from ctlib.io import dicom_rt, openkbp
 from ctlib.io.dicom_write import write_dicom_series
-from ctlib.io.errors import CTInputError
 from ctlib.io.volume import Volume
+from ctlib.studies.dose import dicom_rt_import, features
 
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -120,12 +120,21 @@ def synthetic(tmp_path):
 def test_rtstruct_masks_are_exact(synthetic):
     folder, ct, frame, masks = synthetic
     ct.meta["frame_of_reference_uid"] = frame
-    found = dicom_rt.read_rtstruct(folder / "rs.dcm", ct)
+    found = dicom_rt_import.read_structures(folder / "rs.dcm", ct)
     assert found.raw_names == {"LeftParotid": "Parotid_L", "SpinalCord": "Cord", "PTV70": "PTV 70Gy"}
     assert found.unmatched == ["BODY"]
     for canonical, raw in found.raw_names.items():
         np.testing.assert_array_equal(found.masks[canonical], masks[raw], err_msg=canonical)
     assert not found.masks["SpinalCord"][3, 13, 15]
+
+
+def test_rtstruct_without_a_name_map_keeps_every_roi_under_its_own_name(synthetic):
+    folder, ct, frame, masks = synthetic
+    found = dicom_rt.read_rtstruct(folder / "rs.dcm", ct, frame_of_reference_uid=frame)
+    assert sorted(found.masks) == sorted(masks)
+    assert found.unmatched == []
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(found.masks[name], mask, err_msg=name)
 
 
 def _linear_dose(lps: np.ndarray) -> np.ndarray:
@@ -154,7 +163,7 @@ def test_rtdose_trilinear_is_exact_for_a_linear_field(synthetic, absolute):
 def test_read_rt_patient_feeds_the_dose_features(synthetic):
     folder, ct, frame, _ = synthetic
     write_rtdose(folder / "rd.dcm", np.full((6, 20, 24), 30.0), ct.origin, ct.spacing, frame)
-    patient = dicom_rt.read_rt_patient(folder / "ct", folder / "rs.dcm", folder / "rd.dcm", "rt_1", "test")
+    patient = dicom_rt_import.read_rt_patient(folder / "ct", folder / "rs.dcm", folder / "rd.dcm", "rt_1", "test")
     assert sorted(patient.structures) == ["LeftParotid", "PTV70", "SpinalCord"]
     assert patient.ct.meta["unmatched_roi_names"] == ["BODY"]
     np.testing.assert_allclose(patient.dose_gy, 30.0, atol=1e-4)
@@ -181,7 +190,7 @@ def test_bad_rt_objects_are_refused(synthetic, target, changes, problem):
     folder, ct, frame, _ = synthetic
     write_rtdose(folder / "rd.dcm", np.ones((6, 20, 24)), ct.origin, ct.spacing, frame)
     edit(folder / target, **changes)
-    read = dicom_rt.read_rtstruct if target == "rs.dcm" else dicom_rt.read_rtdose
+    read = dicom_rt_import.read_structures if target == "rs.dcm" else dicom_rt.read_rtdose
     with pytest.raises(CTInputError, match=problem) as info:
         read(folder / target, ct, frame_of_reference_uid=frame)
     assert target in str(info.value)
@@ -194,10 +203,10 @@ def test_contour_off_the_ct_slices_is_refused(tmp_path):
     mask[1, 2:5, 2:5] = True
     write_rtstruct(tmp_path / "rs.dcm", moved, {"Brainstem": mask}, "1.2.3")
     with pytest.raises(CTInputError, match="Brainstem.*slice index 1.50 matches no CT slice"):
-        dicom_rt.read_rtstruct(tmp_path / "rs.dcm", ct)
+        dicom_rt_import.read_structures(tmp_path / "rs.dcm", ct)
     write_rtstruct(tmp_path / "rs.dcm", ct, {"Brainstem": mask, "BrainStem": mask}, "1.2.3")
     with pytest.raises(CTInputError, match="both map to Brainstem"):
-        dicom_rt.read_rtstruct(tmp_path / "rs.dcm", ct)
+        dicom_rt_import.read_structures(tmp_path / "rs.dcm", ct)
 
 
 # --- a real OpenKBP patient, cropped -------------------------------------------------------------------
@@ -228,7 +237,7 @@ def test_openkbp_patient_round_trip_through_dicom_rt(data_root, tmp_path):
     start = np.array(ct.origin) + np.array([4 * dx, 3 * dy, 2 * dz])
     write_rtdose(tmp_path / "rd.dcm", dose[2:, 3:, 4:], start, ct.spacing, frame)
 
-    patient = dicom_rt.read_rt_patient(tmp_path / "ct", tmp_path / "rs.dcm", tmp_path / "rd.dcm", "pt_201")
+    patient = dicom_rt_import.read_rt_patient(tmp_path / "ct", tmp_path / "rs.dcm", tmp_path / "rd.dcm", "pt_201")
     np.testing.assert_allclose(patient.ct.array, np.rint(ct.array), atol=0.5)
     assert set(patient.structures) == set(masks) and len(masks) >= 4
     for name, mask in masks.items():

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk  # dev dependency: the reference reader, never skipped
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from ctlib.errors import CTInputError
 from ctlib.io import dicom_read, dicom_write
-from ctlib.io.errors import CTInputError
 from ctlib.io.volume import Volume
 
 

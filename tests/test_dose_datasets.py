@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ctlib.data import windows
-from ctlib.dose import datasets, losses
-from ctlib.dose.patient_file import SDF_CLIP_MM, DosePatient, save_dose_patient
 from ctlib.models import dose_unet
+from ctlib.studies.dose import datasets, losses
+from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient, save_dose_patient
 from ctlib.train import loop
 
 ROIS = np.array(["Brainstem", "PTV70"])

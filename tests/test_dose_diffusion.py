@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctlib.dose import diffusion, inference
 from ctlib.models import latent_unet
+from ctlib.studies.dose import diffusion, inference
 
 C, K = 3, 2
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from ctlib import checkpoint
 from ctlib.data import windows
-from ctlib.dose import datasets, diffusion, evaluation, model_io
-from ctlib.dose.patient_file import save_dose_patient
 from ctlib.metrics import dose_scores
 from ctlib.models import dose_unet, latent_unet
-from ctlib.train import checkpoint
+from ctlib.studies.dose import datasets, diffusion, evaluation, model_io
+from ctlib.studies.dose.patient_file import save_dose_patient
 from tests.test_dose_datasets import synthetic_patient
 
 NAMES = ["PTV70_prescription_gy", "Brainstem_Dmax_gy", "Brainstem_present", "PTV70_present"]

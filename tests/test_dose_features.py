@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ctlib.dose import features, patient_file
+from ctlib.errors import CTInputError
 from ctlib.io import openkbp
-from ctlib.io.errors import CTInputError
 from ctlib.io.openkbp import ROI_NAMES, OpenKBPPatient
 from ctlib.io.volume import Volume
+from ctlib.studies.dose import features, patient_file
 
 SPACING = (2.5, 3.0, 1.5)
 

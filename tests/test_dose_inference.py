@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctlib.dose import datasets, inference
 from ctlib.models import dose_unet
+from ctlib.studies.dose import datasets, inference
 from tests.test_dose_datasets import synthetic_patient
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

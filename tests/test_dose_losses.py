@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ctlib.dose import losses
+from ctlib.studies.dose import losses
 
 ROIS = ("Brainstem", "PTV56", "PTV70")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ctlib.diffusion.ema import EMA
-from ctlib.dose import datasets, diffusion, inference, losses, model_io
 from ctlib.models import dose_unet, latent_unet
+from ctlib.studies.dose import datasets, diffusion, inference, losses, model_io
 from ctlib.train import loop
 from tests.test_dose_datasets import ROIS, synthetic_patient
 

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ctlib.dose import patient_file
-from ctlib.dose.patient_file import DosePatient
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
+from ctlib.studies.dose import patient_file
+from ctlib.studies.dose.patient_file import DosePatient
 
 
 def _patient(patient_id: str = "pt_1", split: str = "train") -> DosePatient:

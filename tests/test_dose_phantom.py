@@ -1,11 +1,12 @@
-"""Synthetic dose case (ctlib.data.dose_phantom): determinism, prescription, body, OAR sparing, penumbra."""
+"""Synthetic dose case (ctlib.studies.dose.phantom): determinism, prescription, body, OAR sparing, penumbra."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ctlib.data import dose_phantom, phantom
+from ctlib.data import phantom
+from ctlib.studies.dose import phantom as dose_phantom
 
 SMALL = {"shape": (24, 64, 64), "spacing_mm": (5.0, 2.25, 2.25)}
 

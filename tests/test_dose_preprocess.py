@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctlib.dose import patient_file, preprocess
 from ctlib.io.openkbp import ROI_NAMES
+from ctlib.studies.dose import patient_file, preprocess
 
 SMALL = {"shape": (16, 32, 32), "spacing_mm": (5.0, 8.0, 8.0)}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ctlib.dose import structure_names
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.openkbp import ROI_NAMES
+from ctlib.studies.dose import structure_names
 
 CASES = [
     # canonical names map to themselves

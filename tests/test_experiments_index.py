@@ -9,7 +9,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from ctlib import experiments_index, paths, runs
+from ctlib import paths, runs
+from ctlib.runs import index as experiments_index
 
 CUSTOM_NOTES = (
     "## Notes\n\n"

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctlib.data import phantom, thick_slices, windows
-from ctlib.interp import ablation, bundle, latent_diffusion, pipeline
-from ctlib.metrics import interpolation
+from ctlib.data import phantom, windows
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
+from ctlib.studies.interp import ablation, bundle, latent_diffusion, pipeline, thick_slices
+from ctlib.studies.interp import scoring as interpolation
 
 TINY_VAE = vae_module.VAEConfig(channels=(8, 8, 8, 8), num_res_blocks=1, norm_num_groups=4)
 TINY_UNET = latent_unet.LatentUNetConfig(channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
@@ -24,7 +24,7 @@ def interpolator() -> bundle.Interpolator:
     import torch
 
     torch.manual_seed(0)
-    spec = latent_diffusion.DiffusionSpec(factor=4, num_train_timesteps=T)
+    spec = latent_diffusion.InterpDiffusionSpec(factor=4, num_train_timesteps=T)
     return bundle.Interpolator(vae_module.build_vae(TINY_VAE), latent_unet.build_latent_unet(TINY_UNET), spec, 0.8,
                                windows.FULL, 2, "cpu")
 

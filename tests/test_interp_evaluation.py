@@ -8,8 +8,8 @@ import torch
 from test_interp_pipeline import tiny_interpolator
 
 from ctlib.data import phantom, windows
-from ctlib.interp import evaluation, regression
 from ctlib.models import regressor
+from ctlib.studies.interp import evaluation, regression
 
 SAMPLING = evaluation.SamplingOptions(steps=2, samples=2, window_depth=16)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ctlib.diffusion import samplers
-from ctlib.interp import latent_diffusion
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
+from ctlib.studies.interp import latent_diffusion
 
 TINY_VAE = vae_module.VAEConfig(channels=(8, 8, 8, 8), num_res_blocks=1, norm_num_groups=4, latent_channels=4)
 TINY_UNET = latent_unet.LatentUNetConfig(channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
@@ -26,7 +26,7 @@ def test_loss_trains_only_the_unet_and_sees_raw_timesteps():
     unet = latent_unet.build_latent_unet(TINY_UNET)
     seen = []
     unet.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
-    spec = latent_diffusion.DiffusionSpec(factor=6)
+    spec = latent_diffusion.InterpDiffusionSpec(factor=6)
     module = latent_diffusion.LatentDiffusionLoss(unet, vae, scale_factor=0.5, spec=spec,
                                                   depth_multiple=latent_unet.required_depth_multiple(TINY_UNET))
     assert all(k.startswith("unet.") for k in module.state_dict())
@@ -44,7 +44,7 @@ def test_denoiser_crops_back_to_any_depth_and_drives_a_sampler():
     unet = latent_unet.build_latent_unet(TINY_UNET).eval()
     model_fn = latent_diffusion.denoiser(unet, latent_unet.required_depth_multiple(TINY_UNET))
     cond = torch.randn(1, 4, 5, 2, 2)
-    spec = latent_diffusion.DiffusionSpec()
+    spec = latent_diffusion.InterpDiffusionSpec()
     x = samplers.ddim(model_fn, (1, 4, 5, 2, 2), cond, spec.noise_schedule(), prediction="v", num_steps=3,
                       generator=torch.Generator().manual_seed(1))
     assert x.shape == (1, 4, 5, 2, 2) and torch.isfinite(x).all()

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+from ctlib import checkpoint as checkpoint_io
 from ctlib import paths
-from ctlib.data import phantom, thick_slices, windows
+from ctlib.data import phantom, windows
 from ctlib.diffusion.ema import EMA
-from ctlib.interp import bundle, latent_diffusion, pipeline
-from ctlib.io.errors import CTInputError
-from ctlib.metrics import interpolation
+from ctlib.errors import CTInputError
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
-from ctlib.train import checkpoint as checkpoint_io
+from ctlib.studies.interp import bundle, latent_diffusion, pipeline, thick_slices
+from ctlib.studies.interp import scoring as interpolation
 
 TINY_VAE = vae_module.VAEConfig(channels=(8, 8, 8, 8), num_res_blocks=1, norm_num_groups=4)
 TINY_UNET = latent_unet.LatentUNetConfig(channels=(8, 8), attention_levels=(False, False), num_res_blocks=1,
@@ -43,7 +43,7 @@ def make_diffusion_run(factor: int = 4, *, seed: int = 0, ema: bool = True, run_
     checkpoint_io.save_checkpoint(vae_dir / "checkpoints" / "vae.pt", model_state=vae.state_dict(),
                                   config={"model": TINY_VAE.to_dict()}, normalization=record,
                                   extra={"scale_factor": 0.8}, rng_state=False)
-    spec = latent_diffusion.DiffusionSpec(factor=factor)
+    spec = latent_diffusion.InterpDiffusionSpec(factor=factor)
     module = latent_diffusion.LatentDiffusionLoss(latent_unet.build_latent_unet(TINY_UNET), vae, scale_factor=0.8,
                                                   spec=spec, depth_multiple=2)
     averaged = EMA(module, decay=0.5)
@@ -63,7 +63,7 @@ def make_diffusion_run(factor: int = 4, *, seed: int = 0, ema: bool = True, run_
 def tiny_interpolator(factor: int = 4, seed: int = 0) -> bundle.Interpolator:
     torch.manual_seed(seed)
     return bundle.Interpolator(vae_module.build_vae(TINY_VAE), latent_unet.build_latent_unet(TINY_UNET),
-                               latent_diffusion.DiffusionSpec(factor=factor), 0.8, windows.FULL, 2, "cpu")
+                               latent_diffusion.InterpDiffusionSpec(factor=factor), 0.8, windows.FULL, 2, "cpu")
 
 
 class LocalDenoiser(nn.Module):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctlib.data import phantom, thick_slices, windows
+from ctlib import checkpoint as checkpoint_io
+from ctlib.data import phantom, windows
 from ctlib.diffusion.ema import EMA
-from ctlib.interp import regression
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.models import regressor
-from ctlib.train import checkpoint as checkpoint_io
+from ctlib.studies.interp import regression, thick_slices
 
 TINY = regressor.RegressorConfig(features=(4, 4, 4, 4, 4, 4))
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctlib.data import phantom, thick_slices
-from ctlib.metrics import image_quality, interpolation
+from ctlib.data import phantom
+from ctlib.metrics import image_quality
+from ctlib.studies.interp import scoring as interpolation
+from ctlib.studies.interp import thick_slices
 
 
 def test_psnr_closed_form():

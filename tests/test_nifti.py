@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ctlib.errors import CTInputError
 from ctlib.io import nifti
-from ctlib.io.errors import CTInputError
 from ctlib.io.volume import Volume
 
 

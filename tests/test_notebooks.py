@@ -29,7 +29,7 @@ def test_there_are_notebooks():
 def test_notebook_names_are_unique_across_studies():
     """Parameter sets (papermill_params/<stem>/) and run ids (<time>_<short name>_<hex>) key on the file name
     without date and order: two studies with the same name would share parameter sets and upstream runs."""
-    from ctlib.run_context import short_name
+    from ctlib.runs.context import short_name
 
     for key in (lambda p: p.stem, lambda p: short_name(p.stem)):
         names = [key(p) for p in NOTEBOOKS]

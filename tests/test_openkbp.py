@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ctlib.errors import CTInputError
 from ctlib.io import openkbp
-from ctlib.io.errors import CTInputError
 
 
 def _write_sparse(path, dense, with_values=True):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctlib.data import cache, catalog, phantom, preprocess, splits
+from ctlib.data import cache, catalog, phantom, splits
+from ctlib.errors import CTInputError
 from ctlib.io import dicom_write, nifti
-from ctlib.io.errors import CTInputError
 from ctlib.io.volume import Volume
+from ctlib.studies.interp import preprocess
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from ctlib import paths, run_context, run_params, run_record, runs
+from ctlib import paths, provenance, runs
+from ctlib.runs import context as run_context
+from ctlib.runs import params as run_params
 
 TOY_STEM = "2026-01-01_01_toy"
 TOY_PARAMETERS = """\
@@ -67,8 +69,8 @@ def toy(tmp_path: Path) -> tuple[Path, Path]:
 def test_new_run_id_format_and_existing_ids_skipped(monkeypatch):
     assert re.fullmatch(r"\d{8}-\d{6}_preprocess_[0-9a-f]{4}", runs.new_run_id("2026-11-23_01_preprocess"))
     assert runs.short_name("2026-11-23_02_train vae!") == "train-vae"
-    fixed = run_record.utc_now()
-    monkeypatch.setattr(run_record, "utc_now", lambda: fixed)
+    fixed = provenance.utc_now()
+    monkeypatch.setattr(provenance, "utc_now", lambda: fixed)
     hexes = iter(["aaaa", "aaaa", "bbbb"])
     monkeypatch.setattr(run_context.secrets, "token_hex", lambda n: next(hexes))
     first = runs.new_run_id("toy")
@@ -183,7 +185,7 @@ def test_run_directory_contents(toy):
     assert record["run_id"] == result.run_id and record["status"] == "completed" and record["error"] is None
     assert record["notebook"] == str(notebook.resolve()) and record["parameter_set"] == "small"
     assert set(record["git"]) == {"commit", "dirty", "branch"}
-    assert set(record["packages"]) == set(run_record.PACKAGES) and record["packages"]["ctlib"]
+    assert set(record["packages"]) == set(provenance.PACKAGES) and record["packages"]["ctlib"]
     assert record["device"]["cpu_count"] >= 1 and "cuda_available" in record["device"]
     assert record["started_utc"] < record["ended_utc"] and record["duration_s"] == result.duration_s
 

@@ -6,8 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctlib.data import thick_slices, windows
+from ctlib.data import windows
 from ctlib.io.volume import Volume
+from ctlib.studies.interp import thick_slices
 
 
 def _rotation(axis: np.ndarray, angle_rad: float) -> np.ndarray:

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import ctlib
+from ctlib import checkpoint
 from ctlib.data import windows
-from ctlib.io.errors import CTInputError
-from ctlib.train import checkpoint
+from ctlib.errors import CTInputError
 
 
 def _model_and_optimizer():

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ctlib import checkpoint
 from ctlib.data import windows
-from ctlib.train import checkpoint, distributed, loop
+from ctlib.train import distributed, loop
 from ctlib.train.streams import BatchStream, IndexStream, TensorDataset
 
 

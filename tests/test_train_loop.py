@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from ctlib import checkpoint
 from ctlib.data import windows
-from ctlib.train import checkpoint, loop, lr_schedules
+from ctlib.train import loop, lr_schedules
 from ctlib.train.streams import BatchStream
 
 NORMALIZATION = windows.normalization_record("full")

@@ -12,9 +12,10 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from ctlib.data import windows  # noqa: E402
-from ctlib.dose import evaluation  # noqa: E402
 from ctlib.metrics import dose_scores  # noqa: E402
-from ctlib.viz import dose_figures, render  # noqa: E402
+from ctlib.studies.dose import evaluation  # noqa: E402
+from ctlib.studies.dose import figures as dose_figures  # noqa: E402
+from ctlib.viz import render
 from tests.test_dose_datasets import synthetic_patient  # noqa: E402
 
 WINDOW = windows.get_window("soft_tissue")

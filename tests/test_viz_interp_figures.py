@@ -12,8 +12,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ctlib.data import phantom, thick_slices, windows  # noqa: E402
-from ctlib.viz import interp_figures  # noqa: E402
+from ctlib.data import phantom, windows  # noqa: E402
+from ctlib.studies.interp import figures as interp_figures  # noqa: E402
+from ctlib.studies.interp import thick_slices
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ctlib.atomic import atomic_path
 from ctlib.data import body_mask as body_mask_module
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 
 INT16_MIN, INT16_MAX = -32768, 32767

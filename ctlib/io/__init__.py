@@ -6,7 +6,7 @@
 - ``read_volume``: any of the above from one path.
 """
 
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.reader import detect_format, read_volume
 from ctlib.io.volume import Volume
 

@@ -22,7 +22,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 
 # A tilted gantry shears the slices: positions drift in-plane as the slice index grows. Drift below

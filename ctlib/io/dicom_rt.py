@@ -4,8 +4,8 @@ RTSTRUCT: every ``CLOSED_PLANAR`` contour of ``ROIContourSequence`` (points in L
 continuous voxel indices of the CT, must lie in one axial plane of the CT (within ``plane_tolerance``
 of a slice, in slices), and is filled on that slice with ``matplotlib.path.Path.contains_points`` at the
 voxel centres. Contours of one ROI on one slice are combined by XOR, so an inner contour is a hole
-(the usual reading of the standard's "contours may be nested"). ROI names go through
-``ctlib.dose.structure_names``; unmatched names are listed, not guessed.
+(the usual reading of the standard's "contours may be nested"). ROI names are kept as
+written, or mapped by the caller's ``map_names`` (a study's name table); unmatched names are listed.
 
 RTDOSE: dose = stored value x ``DoseGridScaling`` (Gy; ``DoseUnits`` must be ``GY``). Frame ``f``,
 row ``r``, column ``c`` sits at ``ImagePositionPatient + c * dx * row_cosine + r * dy * column_cosine
@@ -20,6 +20,7 @@ contours that are not planar, fall between CT slices or outside the CT.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +30,7 @@ from matplotlib.path import Path as PolygonPath
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from ctlib.data import body_mask
-from ctlib.dose import structure_names
-from ctlib.io import dicom_read
-from ctlib.io.errors import CTInputError
-from ctlib.io.openkbp import OpenKBPPatient
+from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 
 PLANE_TOLERANCE_SLICES = 0.25  # contour z may sit this far (in slices) from a CT slice position
@@ -46,6 +43,13 @@ class RTStructureSet:
     masks: dict[str, np.ndarray]
     raw_names: dict[str, str]                     # canonical name -> ROI name in the file
     unmatched: list[str] = field(default_factory=list)  # ROI names with no canonical name
+
+
+NameMap = Callable[[list[str], Path], dict[str, str]]
+
+
+def _keep_names(names: list[str], source: Path) -> dict[str, str]:
+    return {name: name for name in names}
 
 
 def _read(path: str | os.PathLike, modality: str) -> tuple[Path, Dataset]:
@@ -85,8 +89,12 @@ def read_rtstruct(
     *,
     frame_of_reference_uid: str | None = None,
     plane_tolerance: float = PLANE_TOLERANCE_SLICES,
+    map_names: NameMap | None = None,
 ) -> RTStructureSet:
     """RTSTRUCT -> ``RTStructureSet`` with one ``(z, y, x)`` bool mask per ROI whose name maps to a canonical name.
+
+    ``map_names(roi_names, source) -> {canonical: roi_name}`` picks and renames the ROIs (a study's
+    name table; it may refuse ambiguous names); without it every ROI is kept under its own name.
 
     ``frame_of_reference_uid`` (the CT's; default ``ct.meta["frame_of_reference_uid"]`` when set) is
     checked against the structure set's references.
@@ -101,7 +109,7 @@ def read_rtstruct(
     raw = {number: str(r.get("ROIName", "")) for number, r in rois.items()}
     for r in rois.values():
         _check_frame(path, r.get("ReferencedFrameOfReferenceUID"), expected)
-    mapped = structure_names.map_roi_names(list(raw.values()), source=path)
+    mapped = (map_names or _keep_names)(list(raw.values()), path)
     number_of = {name: number for number, name in raw.items()}
     contours = {int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.get("ROIContourSequence", [])}
     to_index = _lps_to_index(ct)
@@ -225,31 +233,3 @@ def _snap(index: np.ndarray, n: int, tolerance: float = 1e-4) -> np.ndarray:
     """Indices within ``tolerance`` voxel outside ``[0, n - 1]`` moved onto the edge (rounding in mm -> index)."""
     index = np.where((index < 0) & (index > -tolerance), 0.0, index)
     return np.where((index > n - 1) & (index < n - 1 + tolerance), float(n - 1), index)
-
-
-def read_rt_patient(
-    ct_folder: str | os.PathLike,
-    rtstruct: str | os.PathLike,
-    rtdose: str | os.PathLike,
-    patient_id: str,
-    split: str | None = None,
-) -> OpenKBPPatient:
-    """A CT series folder + RTSTRUCT + RTDOSE -> ``OpenKBPPatient`` (ready for ``ctlib.dose.features``).
-
-    DICOM-RT has no possible-dose mask: the CT's body mask (``ctlib.data.body_mask``, -500 HU
-    threshold) stands in for it, as the region where a plan can deposit dose. Both RT objects must
-    share the CT series' Frame of Reference.
-    """
-    ct = dicom_read.read_dicom_series(ct_folder)
-    series = dicom_read.list_series(ct_folder)
-    frame = ct_frame_of_reference(series[0].files[0]) if series else None
-    if frame is None:
-        raise CTInputError(ct_folder, "the CT series has no FrameOfReferenceUID: RT objects cannot be matched to it")
-    ct.meta["frame_of_reference_uid"] = frame
-    structures = read_rtstruct(rtstruct, ct)
-    dose_gy = read_rtdose(rtdose, ct)
-    ct.meta["unmatched_roi_names"] = structures.unmatched
-    return OpenKBPPatient(
-        patient_id=patient_id, ct=ct, dose_gy=dose_gy, possible_dose_mask=body_mask.body_mask(ct),
-        structures=structures.masks, split=split,
-    )

@@ -16,7 +16,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from ctlib.atomic import atomic_path
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 
 _INT16 = np.iinfo(np.int16)

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from ctlib.atomic import atomic_path
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.volume import LPS_TO_RAS, Volume, from_index_to_lps
 
 AIR_HU = -1024.0

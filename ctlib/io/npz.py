@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 
 
 def read_npz(path: str | os.PathLike, required: Iterable[str], kind: str) -> dict[str, np.ndarray]:

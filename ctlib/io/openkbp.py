@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.npz import read_npz
 from ctlib.io.volume import Volume
 

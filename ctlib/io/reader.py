@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from ctlib.errors import CTInputError
 from ctlib.io import dicom_read, nifti, openkbp
-from ctlib.io.errors import CTInputError
 from ctlib.io.volume import Volume
 
 Format = Literal["dicom", "nifti", "openkbp"]

@@ -274,7 +274,7 @@ def head_neck_constraints(
     oar_limits: Mapping[str, tuple[str, float, str]],
     prescription_gy: Mapping[str, float],
 ) -> list[Constraint]:
-    """Constraints from limit tables like ``ctlib.dose.features.OAR_LIMITS`` / ``PRESCRIPTION_GY``.
+    """Constraints from limit tables like ``ctlib.studies.dose.features.OAR_LIMITS`` / ``PRESCRIPTION_GY``.
 
     ``"Dmax"`` is checked as D0.1cc (the OpenKBP convention for maxima), ``"Dmean"`` as the mean; each PTV
     gets D95 >= its prescription (RTOG 0522 / 0615: 95 % of the PTV receives at least the prescribed dose).

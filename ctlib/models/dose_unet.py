@@ -2,7 +2,7 @@
 
 Input ``(B, C, D, H, W)``: the CT window-normalized to ``[-1, 1]``, the signed distance field of every
 structure divided by its clip distance, and (optionally) the possible-dose mask, on channels (see
-``ctlib.dose.datasets``); the constraint vector ``(B, K)`` (prescriptions and organ-at-risk limits in
+``ctlib.studies.dose.datasets``); the constraint vector ``(B, K)`` (prescriptions and organ-at-risk limits in
 Gy, presence flags) conditions every level. Output ``(B, 1, D, H, W)``: dose in Gy, non-negative.
 
 Architecture (MONAI blocks): level 0 is a ``ResidualUnit`` at full resolution, each further level a
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from torch import nn
 
-from ctlib.models.config_dict import ConfigDict
+from ctlib.config import ConfigDict
 
 OutputActivation = Literal["softplus", "relu"]
 OUTPUT_ACTIVATIONS: tuple[str, ...] = get_args(OutputActivation)
@@ -38,7 +38,7 @@ class DoseUNetConfig(ConfigDict):
     """Hyper-parameters of the FiLM-conditioned residual 3D U-Net."""
 
     in_channels: int = 12  # CT + 10 structure SDFs + possible-dose mask
-    constraint_dim: int = 20  # K: 3 prescriptions + 7 OAR limits (Gy) + 10 presence flags (ctlib.dose.features)
+    constraint_dim: int = 20  # K: 3 prescriptions + 7 OAR limits (Gy) + 10 presence flags (ctlib.studies.dose.features)
     channels: tuple[int, ...] = (16, 32, 64, 128)  # one entry per level; the last is the bottleneck
     num_res_units: int = 2  # convolutions per ResidualUnit (MONAI ``subunits``)
     norm: str = "instance"  # MONAI norm name ("instance", "batch", ...)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
-from ctlib.models.config_dict import ConfigDict
+from ctlib.config import ConfigDict
 
 
 @dataclasses.dataclass

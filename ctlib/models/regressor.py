@@ -20,7 +20,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from ctlib.models.config_dict import ConfigDict
+from ctlib.config import ConfigDict
 
 
 @dataclasses.dataclass

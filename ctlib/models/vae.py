@@ -27,8 +27,8 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import nn
 from torch.func import functional_call
 
+from ctlib.config import ConfigDict
 from ctlib.data.windows import HUWindow, denormalize, normalize
-from ctlib.models.config_dict import ConfigDict
 
 AdversarialKind = Literal["hinge", "lsgan"]
 ADVERSARIAL_KINDS: tuple[str, ...] = get_args(AdversarialKind)
@@ -184,7 +184,7 @@ def reconstruct_hu(
 ) -> np.ndarray:
     """Encode and decode ``(n, y, x)`` HU slices (posterior mean): the VAE's reconstruction, HU clipped to ``window``.
 
-    Slices are edge-padded to a multiple of the VAE's factor (as ``ctlib.interp.pipeline`` does) and
+    Slices are edge-padded to a multiple of the VAE's factor (as ``ctlib.studies.interp.pipeline`` does) and
     cropped back.
     """
     factor = 2 ** (len(vae.encoder.channels) - 1)
@@ -339,7 +339,7 @@ def load_vae(
     Accepts checkpoints of a bare ``AutoencoderKL`` or of a ``VAELossModule`` (keys ``vae.*``); the
     model config is read from ``config["model"]``.
     """
-    from ctlib.train import checkpoint as checkpoint_io
+    from ctlib import checkpoint as checkpoint_io
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else checkpoint_io.load_checkpoint(checkpoint, map_location)
     config = VAEConfig.from_dict(ckpt["config"]["model"])

@@ -25,8 +25,9 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from ctlib.models.config_dict import ConfigDict, to_plain
-from ctlib.train import checkpoint, distributed
+from ctlib import checkpoint
+from ctlib.config import ConfigDict, to_plain
+from ctlib.train import distributed
 from ctlib.train.streams import BatchStream
 
 Amp = Literal["none", "bf16"]

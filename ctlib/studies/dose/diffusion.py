@@ -2,11 +2,11 @@
 
 The dose, scaled to ``x0 = 2 * dose_gy / dose_scale_gy - 1`` (0 Gy -> -1, ``dose_scale_gy`` -> +1), is
 denoised by MONAI's 3D ``DiffusionModelUNet`` (built by ``ctlib.models.latent_unet`` with one "latent"
-channel) conditioned by channel concatenation on the network inputs of ``ctlib.dose.datasets`` (CT,
+channel) conditioned by channel concatenation on the network inputs of ``ctlib.studies.dose.datasets`` (CT,
 SDFs, possible-dose mask) and, with ``constraint_channels``, on the constraint vector broadcast as
 ``K`` constant channels (each entry divided by its scale, as the U-Net's FiLM input). Training and
 sampling reuse ``ctlib.diffusion`` (schedules, eps / v / x0 targets, min-SNR-gamma weighting, the
-sampler registry) and the depth padding of ``ctlib.interp.latent_diffusion.denoiser``; the U-Net
+sampler registry) and the depth padding of ``ctlib.diffusion.denoiser``; the U-Net
 sees raw timesteps 0..T-1 in both. Sampling clips x0 to [-1, 1] at every step.
 """
 
@@ -19,33 +19,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctlib.diffusion import losses, samplers, schedules
-from ctlib.diffusion.parameterization import Prediction, check_prediction
-from ctlib.interp.latent_diffusion import denoiser
-from ctlib.models.config_dict import ConfigDict
+from ctlib.diffusion import losses, samplers, spec
+from ctlib.diffusion.denoiser import denoiser
+from ctlib.diffusion.parameterization import Prediction
 
 
 @dataclasses.dataclass
-class DoseDiffusionSpec(ConfigDict):
-    """How the dose denoiser is trained: parameterization, schedule, loss weighting, dose scaling, conditioning."""
+class DoseDiffusionSpec(spec.DiffusionSpec):
+    """The shared diffusion spec plus dose scaling and constraint conditioning."""
 
-    prediction: str = "v"  # "epsilon" | "v" | "x0"
     schedule: str = "cosine"  # "linear" | "scaled_linear" | "cosine"
-    num_train_timesteps: int = 1000
-    min_snr_gamma: float | None = 5.0  # Hang et al. 2023; None = unweighted
     dose_scale_gy: float = 80.0  # dose_scale_gy maps to +1, 0 Gy to -1
     constraint_channels: bool = True  # append the scaled constraint vector as constant channels
 
     def __post_init__(self) -> None:
-        check_prediction(self.prediction)
-        if self.schedule not in ("linear", "scaled_linear", "cosine"):
-            raise ValueError(f"schedule must be 'linear', 'scaled_linear' or 'cosine', got {self.schedule!r}")
+        super().__post_init__()
         if self.dose_scale_gy <= 0:
             raise ValueError(f"dose_scale_gy must be > 0, got {self.dose_scale_gy}")
-
-    def noise_schedule(self) -> schedules.NoiseSchedule:
-        """The schedule object the loss and the samplers use."""
-        return schedules.make_schedule(self.schedule, num_train_timesteps=self.num_train_timesteps)  # type: ignore[arg-type]
 
 
 def dose_to_unit(dose_gy: torch.Tensor, dose_scale_gy: float) -> torch.Tensor:
@@ -116,7 +106,7 @@ class DoseDiffusion(nn.Module):
 
         Each call runs the registered sampler ``name`` (DDIM, Song et al. 2021, by default; eta 0 is
         deterministic given the initial noise, drawn from ``generator``) from pure noise, in eval mode,
-        and maps the sample back to Gy. Plug it into ``ctlib.dose.inference.predict_dose`` for whole
+        and maps the sample back to Gy. Plug it into ``ctlib.studies.dose.inference.predict_dose`` for whole
         volumes: windows are sampled one after the other from the same generator.
         """
         sample = samplers.get_sampler(name)

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ctlib.data import body_mask, cache, splits, thick_slices, windows
+from ctlib.data import body_mask, cache, splits, windows
 from ctlib.data.catalog import VolumeSource
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.metrics import image_quality
+from ctlib.studies.interp import thick_slices
 
 MANIFEST = "manifest.csv"
 PAIRS = "pairs.csv"

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctlib.data import body_mask, thick_slices, windows
+from ctlib.data import body_mask, windows
 from ctlib.io.volume import Volume
 from ctlib.metrics import image_quality
+from ctlib.studies.interp import thick_slices
 
 PRIMARY = windows.FULL
 SECONDARY = windows.SOFT_TISSUE

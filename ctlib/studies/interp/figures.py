@@ -143,7 +143,7 @@ def ablation_curves(
     cost: str = "seconds",
     cost_label: str = "seconds per volume",
 ) -> plt.Figure:
-    """Two panels from ``ctlib.interp.ablation.summarize``: (a) ``metric`` against steps, one line per
+    """Two panels from ``ctlib.studies.interp.ablation.summarize``: (a) ``metric`` against steps, one line per
     sampler and eta at the fewest samples; (b) ``metric`` against samples K at the most steps of each
     sampler and eta, with ``cost`` on a second axis (dashed)."""
     missing = {"sampler", "steps", "eta", "samples", metric, cost} - set(summary.columns)

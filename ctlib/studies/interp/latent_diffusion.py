@@ -10,38 +10,23 @@ training (``LatentDiffusionLoss``) and sampling (``denoiser``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ctlib.diffusion import losses, schedules
-from ctlib.diffusion.parameterization import Prediction, check_prediction
-from ctlib.models import latent_unet
+from ctlib.diffusion import losses, spec
+from ctlib.diffusion.denoiser import denoiser  # noqa: F401  (re-exported for the pipeline)
+from ctlib.diffusion.parameterization import Prediction
 from ctlib.models import vae as vae_module
-from ctlib.models.config_dict import ConfigDict
 
 
 @dataclasses.dataclass
-class DiffusionSpec(ConfigDict):
-    """How the denoiser was trained: parameterization, noise schedule, loss weighting, thick slices."""
+class InterpDiffusionSpec(spec.DiffusionSpec):
+    """The shared diffusion spec plus the thick-slice simulation the denoiser was trained on."""
 
-    prediction: str = "v"  # "epsilon" | "v" | "x0"
-    schedule: str = "scaled_linear"  # "linear" | "scaled_linear" | "cosine"
-    num_train_timesteps: int = 1000
-    min_snr_gamma: float | None = 5.0  # Hang et al. 2023; None = unweighted
     factor: int = 6  # thick spacing / thin spacing
     mode: str = "slab"  # thick-slice simulation: "slab" | "decimate"
-
-    def __post_init__(self) -> None:
-        check_prediction(self.prediction)
-        if self.schedule not in ("linear", "scaled_linear", "cosine"):
-            raise ValueError(f"schedule must be 'linear', 'scaled_linear' or 'cosine', got {self.schedule!r}")
-
-    def noise_schedule(self) -> schedules.NoiseSchedule:
-        """The schedule object the samplers and the loss use."""
-        return schedules.make_schedule(self.schedule, num_train_timesteps=self.num_train_timesteps)
 
 
 def encode_pair(
@@ -51,16 +36,6 @@ def encode_pair(
     x0 = vae_module.encode_slices(vae, batch["thin"], scale_factor, chunk=chunk)
     cond = vae_module.encode_slices(vae, batch["linear"], scale_factor, chunk=chunk)
     return x0, cond
-
-
-def denoiser(unet: nn.Module, depth_multiple: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The sampler's ``model_fn(cat([x_t, cond], 1), t)``: pads latent depth for the U-Net and crops back."""
-
-    def model_fn(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        padded, pad = latent_unet.pad_depth(x, depth_multiple)
-        return latent_unet.crop_depth(unet(padded, timesteps), pad)
-
-    return model_fn
 
 
 class LatentDiffusionLoss(nn.Module):
@@ -76,7 +51,7 @@ class LatentDiffusionLoss(nn.Module):
         vae: nn.Module,
         *,
         scale_factor: float,
-        spec: DiffusionSpec,
+        spec: InterpDiffusionSpec,
         depth_multiple: int,
     ) -> None:
         super().__init__()

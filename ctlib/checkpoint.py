@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 import ctlib
-from ctlib import run_record
+from ctlib import provenance as run_provenance
 from ctlib.atomic import atomic_path
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 
 FORMAT = "ctlib.checkpoint"
 FORMAT_VERSION = 1
@@ -70,13 +70,13 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------------- provenance
 def provenance() -> dict[str, Any]:
     """ctlib version, git commit / dirty flag, torch version and time of writing."""
-    git = run_record.git_state()
+    git = run_provenance.git_state()
     return {
         "ctlib_version": ctlib.__version__,
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],
         "torch_version": str(torch.__version__),
-        "written_utc": run_record.iso(run_record.utc_now()),
+        "written_utc": run_provenance.iso(run_provenance.utc_now()),
     }
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctlib.data import thick_slices, windows
-from ctlib.interp import bundle
-from ctlib.io.errors import CTInputError
+from ctlib import checkpoint as checkpoint_io
+from ctlib.data import windows
+from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 from ctlib.models import regressor
-from ctlib.train import checkpoint as checkpoint_io
+from ctlib.studies.interp import bundle, thick_slices
 
 REGRESSOR_CHECKPOINT = Path("checkpoints") / "regressor.pt"
 

@@ -1,5 +1,5 @@
 """Sampling ablation of latent-diffusion slice interpolation: sampler x steps x eta x samples, scored
-with the slice-interpolation protocol (``ctlib.metrics.interpolation``) and timed per volume.
+with the slice-interpolation protocol (``ctlib.studies.interp.scoring``) and timed per volume.
 
 DDPM (Ho et al. 2020) only runs its full chain of ``num_train_timesteps`` steps (fewer steps would need
 a respaced schedule, see ``ctlib.diffusion.samplers``); it is always stochastic and equals DDIM with
@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from ctlib.data import thick_slices
 from ctlib.diffusion import samplers
-from ctlib.interp import pipeline
-from ctlib.interp.bundle import Interpolator
-from ctlib.metrics import interpolation
+from ctlib.studies.interp import pipeline, thick_slices
+from ctlib.studies.interp import scoring as interpolation
+from ctlib.studies.interp.bundle import Interpolator
 
 FULL_CHAIN_SAMPLERS = ("ddpm",)  # samplers that only run all T steps (steps_list and etas do not apply)
 SETTING_COLUMNS = ["sampler", "steps", "eta", "samples"]

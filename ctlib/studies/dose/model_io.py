@@ -9,7 +9,7 @@ A dose model config (``config["model"]`` of the checkpoint) is a plain dict:
   weights in the checkpoint's ``ema_state``).
 
 ``dose_predictor`` turns either module into the ``(inputs, constraints) -> dose_gy`` callable that
-``ctlib.dose.inference.predict_dose`` takes.
+``ctlib.studies.dose.inference.predict_dose`` takes.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from ctlib.diffusion.ema import EMA
-from ctlib.dose import diffusion, losses
 from ctlib.io.openkbp import ROI_NAMES
 from ctlib.models import dose_unet, latent_unet
+from ctlib.studies.dose import diffusion, losses
 
 ModelKind = Literal["unet", "diffusion"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
@@ -76,7 +76,7 @@ def load_dose_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The trained module of a dose checkpoint in eval mode without gradients (EMA weights if stored and
     ``use_ema``), and the checkpoint (config, normalization record, extra)."""
-    from ctlib.train import checkpoint as checkpoint_io
+    from ctlib import checkpoint as checkpoint_io
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else checkpoint_io.load_checkpoint(checkpoint, map_location)
     module = build_module(ckpt["config"]["model"])

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from ctlib import runs
-from ctlib.data import cache, thick_slices, windows
+from ctlib.data import cache, windows
 from ctlib.data.splits import load_manifest
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
+from ctlib.studies.interp import thick_slices
 
 VolumeList = Sequence[tuple[str, str | os.PathLike]]
 

@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ctlib import atomic, paths, run_record
+from ctlib import atomic, paths, provenance
 
 RUN_DIR_ENV_VAR = "CTLIB_RUN_DIR"
 RUN_ID_ENV_VAR = "CTLIB_RUN_ID"
@@ -29,7 +29,7 @@ def short_name(stem: str) -> str:
 
 def new_run_id(notebook_stem: str) -> str:
     """``20261123-141503_preprocess_3f9a``: UTC time, short notebook name, 4 random hex digits."""
-    stamp = run_record.utc_now().strftime("%Y%m%d-%H%M%S")
+    stamp = provenance.utc_now().strftime("%Y%m%d-%H%M%S")
     while True:
         run_id = f"{stamp}_{short_name(notebook_stem)}_{secrets.token_hex(2)}"
         if not (paths.runs_dir() / run_id).exists():
@@ -50,7 +50,7 @@ def current_run_dir() -> Path:
     run_id = new_run_id("interactive")
     path = paths.runs_dir() / run_id
     path.mkdir(parents=True)
-    now = run_record.iso(run_record.utc_now())
+    now = provenance.iso(provenance.utc_now())
     atomic.write_json(
         path / "run.json",
         {
@@ -63,7 +63,7 @@ def current_run_dir() -> Path:
             "started_utc": now,
             "ended_utc": None,
             "duration_s": None,
-            **run_record.environment(),
+            **provenance.environment(),
         },
     )
     os.environ[RUN_DIR_ENV_VAR], os.environ[RUN_ID_ENV_VAR] = str(path), run_id
@@ -105,7 +105,7 @@ def figure_provenance(parameters: dict[str, Any]) -> dict[str, Any]:
     """The sidecar of a figure saved by this run: run id, notebook, git commit and the parameters."""
     record_file = current_run_dir() / "run.json"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    git = record.get("git") or run_record.git_state()
+    git = record.get("git") or provenance.git_state()
     return {
         "run_id": current_run_id(),
         "notebook": record.get("notebook"),

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ctlib import checkpoint as checkpoint_io
 from ctlib import runs
 from ctlib.data import windows
-from ctlib.interp.latent_diffusion import DiffusionSpec
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
-from ctlib.train import checkpoint as checkpoint_io
+from ctlib.studies.interp.latent_diffusion import InterpDiffusionSpec
 
 DIFFUSION_CHECKPOINT = Path("checkpoints") / "diffusion.pt"
 VAE_CHECKPOINT = Path("checkpoints") / "vae.pt"
@@ -34,7 +34,7 @@ class Interpolator:
 
     vae: nn.Module
     unet: nn.Module
-    spec: DiffusionSpec
+    spec: InterpDiffusionSpec
     scale_factor: float
     window: windows.HUWindow
     depth_multiple: int  # every latent size the U-Net sees is a multiple of this
@@ -136,7 +136,7 @@ def load_interpolator(
     _checked(ckpt, path, ("config.model.unet", "config.model.spec", "extra.scale_factor"))
     try:
         unet_config = latent_unet.LatentUNetConfig.from_dict(ckpt["config"]["model"]["unet"])
-        spec = DiffusionSpec.from_dict(ckpt["config"]["model"]["spec"])
+        spec = InterpDiffusionSpec.from_dict(ckpt["config"]["model"]["spec"])
         window = windows.window_from_record(ckpt["normalization"])
         unet = latent_unet.build_latent_unet(unet_config)
         state, weights = _unet_state(ckpt, use_ema)

@@ -212,7 +212,7 @@ class DoseLoss(nn.Module):
     """The dose model and a named loss: ``forward(batch) -> (loss, metrics)`` for ``ctlib.train.loop.train``.
 
     ``batch`` holds ``inputs`` ``(B, C, D, H, W)``, ``constraints`` ``(B, K)``, ``dose`` ``(B, 1, D, H, W)``
-    in Gy, ``pdm`` ``(B, 1, D, H, W)`` and ``masks`` ``(B, S, D, H, W)`` (``ctlib.dose.datasets``). Pass
+    in Gy, ``pdm`` ``(B, 1, D, H, W)`` and ``masks`` ``(B, S, D, H, W)`` (``ctlib.studies.dose.datasets``). Pass
     ``loop.forward_loss`` as the loss function; ``options`` go to the selected loss only (e.g.
     ``gradient_weight`` for ``mae_gradient``). The model is the only parameter (``model.*``).
     """

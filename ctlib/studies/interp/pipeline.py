@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctlib.data import body_mask, thick_slices, windows
+from ctlib.data import body_mask, windows
 from ctlib.diffusion import samplers
-from ctlib.interp.bundle import Interpolator
-from ctlib.interp.latent_diffusion import denoiser
 from ctlib.io.volume import Volume
-from ctlib.metrics import interpolation
 from ctlib.models import vae as vae_module
+from ctlib.studies.interp import scoring as interpolation
+from ctlib.studies.interp import thick_slices
+from ctlib.studies.interp.bundle import Interpolator
+from ctlib.studies.interp.latent_diffusion import denoiser
 
 Consistency = Literal["auto", "slab", "decimate"]
 DEFAULT_WINDOW_DEPTH = 48  # thin slices per z-window, rounded up to the U-Net's depth multiple

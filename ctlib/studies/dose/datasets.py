@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ctlib.data import windows
-from ctlib.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
+from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
 
 PatientSource = str | os.PathLike | DosePatient
 

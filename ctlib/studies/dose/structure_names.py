@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.openkbp import ROI_NAMES
 
 MAPPING_FILE = "structure_names.yaml"
@@ -67,7 +67,7 @@ def _words(raw: str) -> list[str]:
 def load_mapping(path: str | os.PathLike | None = None) -> _Mapping:
     """Read and check the mapping file (default: ``structure_names.yaml`` next to this module)."""
     if path is None:
-        text = resources.files("ctlib.dose").joinpath(MAPPING_FILE).read_text()
+        text = resources.files("ctlib.studies.dose").joinpath(MAPPING_FILE).read_text()
         source = MAPPING_FILE
     else:
         text, source = open(path).read(), os.fspath(path)

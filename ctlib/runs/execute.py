@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from ctlib import atomic, paths, run_record
-from ctlib.run_context import (  # noqa: F401  (notebooks call these as runs.*)
+from ctlib import atomic, paths, provenance
+from ctlib.runs.context import (  # noqa: F401  (re-exported by ctlib.runs)
     RUN_DIR_ENV_VAR,
     RUN_ID_ENV_VAR,
     current_run_dir,
@@ -34,7 +34,7 @@ from ctlib.run_context import (  # noqa: F401  (notebooks call these as runs.*)
     short_name,
     snapshot_parameters,
 )
-from ctlib.run_params import (
+from ctlib.runs.params import (
     RUN_ID_PARAMETER,
     notebook_defaults,
     notebook_stem,
@@ -134,10 +134,10 @@ def run_notebook(
         "error": None,
         "error_traceback": None,
         "kernel": kernel_name or f"{sys.executable} (ipykernel)",
-        **run_record.environment(),
+        **provenance.environment(),
     }
-    started, t0 = run_record.utc_now(), time.perf_counter()
-    record["started_utc"], record["ended_utc"], record["duration_s"] = run_record.iso(started), None, None
+    started, t0 = provenance.utc_now(), time.perf_counter()
+    record["started_utc"], record["ended_utc"], record["duration_s"] = provenance.iso(started), None, None
     atomic.write_json(run_dir / "run.json", record)
 
     error: BaseException | None = None
@@ -166,11 +166,11 @@ def run_notebook(
     duration_s = round(time.perf_counter() - t0, 3)
     record.update(
         status="failed" if error else "completed",
-        ended_utc=run_record.iso(run_record.utc_now()),
+        ended_utc=provenance.iso(provenance.utc_now()),
         duration_s=duration_s,
     )
     if error is not None:
-        record["error"], record["error_traceback"] = run_record.describe_error(error)
+        record["error"], record["error_traceback"] = provenance.describe_error(error)
     atomic.write_json(run_dir / "run.json", record)
 
     result = RunResult(run_id, run_dir, record["status"], duration_s, record["error"])

@@ -8,7 +8,7 @@ Layout of ``<run_dir>/patients/<split>/<patient_id>.npz`` (``np.savez_compressed
   ``present`` bool ``(S,)``;
 - ``sdf_mm`` float32 ``(S, D, H, W)``: signed distance to each structure's surface in mm (negative
   inside), clipped to ``[-SDF_CLIP_MM, SDF_CLIP_MM]``; a missing structure holds ``+SDF_CLIP_MM``;
-- ``constraints`` float32 ``(C,)`` with ``constraint_names`` str ``(C,)`` (see ``ctlib.dose.features``);
+- ``constraints`` float32 ``(C,)`` with ``constraint_names`` str ``(C,)`` (see ``ctlib.studies.dose.features``);
 - ``spacing_mm`` float64 ``(3,)`` = ``(dz, dy, dx)``; ``roi_names`` str ``(S,)``; ``patient_id`` and
   ``split`` str.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ctlib.atomic import atomic_path
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.npz import read_npz
 
 SDF_CLIP_MM = 50.0

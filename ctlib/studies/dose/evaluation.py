@@ -2,7 +2,7 @@
 
 Protocol, per patient of a split of the preprocessing run recorded in the model's checkpoint:
 
-- the whole dose is predicted by sliding windows (``ctlib.dose.inference``; DDIM sampling for the diffusion
+- the whole dose is predicted by sliding windows (``ctlib.studies.dose.inference``; DDIM sampling for the diffusion
   variant, with a generator seeded per patient so a patient's sample does not depend on which others are
   evaluated) and set to 0 outside the possible-dose mask;
 - dose score = MAE in Gy inside the possible-dose mask (``ctlib.metrics.dose_scores.dose_score``), averaged
@@ -12,7 +12,7 @@ Protocol, per patient of a split of the preprocessing run recorded in the model'
   every (patient, structure, metric) pair (the challenge's number) and, per patient, over its own pairs;
 - gamma = global 3 % / 3 mm, 10 % low-dose cutoff of the planned maximum, the planned dose as reference
   (``ctlib.metrics.gamma``); the pass rate is averaged over patients;
-- the clinical constraint check (``dose_scores.constraint_table`` with ``ctlib.dose.features`` limits) is made
+- the clinical constraint check (``dose_scores.constraint_table`` with ``ctlib.studies.dose.features`` limits) is made
   on the planned and the predicted dose, and the two verdicts compared.
 
 ``ANCHORS`` are the published numbers on the challenge's full 100-patient test set; the shared data holds 40
@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from ctlib.data import windows
-from ctlib.dose import features, inference, model_io
-from ctlib.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
 from ctlib.metrics import dose_scores, gamma
+from ctlib.studies.dose import features, inference, model_io
+from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
 
 CHECKPOINT = Path("checkpoints") / "dose_model.pt"
 GAMMA_DEFAULTS: dict[str, float] = {"dose_percent": 3.0, "distance_mm": 3.0, "cutoff_percent": 10.0}

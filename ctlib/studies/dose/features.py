@@ -8,7 +8,7 @@ Bad input (issue 5, part 5), handled here and nowhere silently:
 - a structure that is not contoured: ``present`` False, an all-False mask, ``+sdf_clip_mm`` everywhere,
   and 0 for its constraint entries (prescription or limit) with its ``<name>_present`` flag 0;
 - an empty mask (contoured but no voxel on this grid): treated as missing, with a ``DoseInputWarning``
-  (``ctlib.dose.preprocess`` records it in the manifest);
+  (``ctlib.studies.dose.preprocess`` records it in the manifest);
 - a dose, possible-dose mask or structure mask whose grid is not the CT's, NaN or infinite dose,
   negative dose, no dose at all, or a structure name that is not canonical: ``CTInputError``.
 """
@@ -21,9 +21,9 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from ctlib.dose.patient_file import SDF_CLIP_MM, DosePatient
-from ctlib.io.errors import CTInputError
+from ctlib.errors import CTInputError
 from ctlib.io.openkbp import ROI_NAMES, OpenKBPPatient
+from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient
 
 # Prescription levels of the OpenKBP plans (70 / 63 / 56 Gy in 35 fractions; Babier et al. 2021).
 PRESCRIPTION_GY = {"PTV70": 70.0, "PTV63": 63.0, "PTV56": 56.0}
@@ -130,7 +130,7 @@ def dose_patient_from_openkbp(
     unknown = sorted(set(patient.structures) - set(ROI_NAMES))
     if unknown:
         raise CTInputError(source, f"structures {unknown} are not canonical names {ROI_NAMES}; "
-                                   "map them with ctlib.dose.structure_names first")
+                                   "map them with ctlib.studies.dose.structure_names first")
     pdm = np.asarray(patient.possible_dose_mask, dtype=bool)
 
     masks = np.zeros((len(ROI_NAMES), *shape), dtype=bool)

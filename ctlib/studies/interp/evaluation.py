@@ -3,8 +3,8 @@
 Used by the evaluation notebook (``slice_interp/2026-11-23_04_evaluate``) and the quality benchmark
 (``bench/slice_interp_quality.py``). For a thin volume and a factor: thick slices are simulated
 (``thick_slices.thick_thin_pair``), then linear and cubic z-interpolation always run, the regressor
-(``ctlib.interp.regression``) and latent diffusion (``ctlib.interp.pipeline``) run at the factor
-they were trained for; ``ctlib.metrics.interpolation.evaluate`` scores each estimate (synthesized
+(``ctlib.studies.interp.regression``) and latent diffusion (``ctlib.studies.interp.pipeline``) run at the factor
+they were trained for; ``ctlib.studies.interp.scoring.evaluate`` scores each estimate (synthesized
 slices only, body mask, FULL and soft-tissue windows, per-slice SSIM, slab residual).
 """
 
@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ctlib.data import thick_slices
-from ctlib.interp import pipeline
-from ctlib.interp.bundle import Interpolator
-from ctlib.interp.regression import RegressorBundle, interpolate_regression
 from ctlib.io.volume import Volume
-from ctlib.metrics import interpolation
+from ctlib.studies.interp import pipeline, thick_slices
+from ctlib.studies.interp import scoring as interpolation
+from ctlib.studies.interp.bundle import Interpolator
+from ctlib.studies.interp.regression import RegressorBundle, interpolate_regression
 
 CLASSIC = ("linear", "cubic")
 METHODS = ("linear", "cubic", "regressor", "diffusion", "diffusion, no DC")

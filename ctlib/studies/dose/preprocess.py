@@ -1,7 +1,7 @@
 """Dose preprocessing: many patients -> ``<out>/patients/<split>/<id>.npz`` + ``manifest.csv``; phantom patients.
 
 Each patient is read (an OpenKBP ``.npz`` / challenge folder, or an ``OpenKBPPatient`` built in memory),
-turned into a ``DosePatient`` by ``ctlib.dose.features`` and written with ``save_dose_patient``. A
+turned into a ``DosePatient`` by ``ctlib.studies.dose.features`` and written with ``save_dose_patient``. A
 patient that is refused (``CTInputError``: unreadable file, grid mismatch, NaN dose, ...) gets a
 manifest row with ``status = "refused"`` and the reason, and the others go on; warnings (an empty
 mask treated as missing) are recorded in the ``warnings`` column.
@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ctlib.data import body_mask, dose_phantom, splits
-from ctlib.dose import features, patient_file
-from ctlib.dose.patient_file import SDF_CLIP_MM, SPLITS
+from ctlib.data import body_mask, splits
+from ctlib.errors import CTInputError
 from ctlib.io import openkbp
-from ctlib.io.errors import CTInputError
 from ctlib.io.openkbp import ROI_NAMES, OpenKBPPatient
+from ctlib.studies.dose import features, patient_file
+from ctlib.studies.dose import phantom as dose_phantom
+from ctlib.studies.dose.patient_file import SDF_CLIP_MM, SPLITS
 
 PHANTOM_FRACTIONS = {"train": 0.6, "validation": 0.2, "test": 0.2}
 MANIFEST = "manifest.csv"
@@ -37,7 +38,7 @@ def phantom_patients(
     spacing_mm: tuple[float, float, float] = (2.5, 4.0, 4.0),
     fractions: dict[str, float] = PHANTOM_FRACTIONS,
 ) -> list[OpenKBPPatient]:
-    """``n`` synthetic dose patients from ``ctlib.data.dose_phantom`` (analytic dose, NOT plans), split by seed.
+    """``n`` synthetic dose patients from ``ctlib.studies.dose.phantom`` (analytic dose, NOT plans), split by seed.
 
     Patient ``i`` uses phantom seed ``SeedSequence([seed, i])``, a penumbra in [4, 8] mm and a low-dose bath
     fraction in [0.2, 0.4] drawn from it, and is mirrored left-right when ``i`` is odd (PTV in the patient's

@@ -2,7 +2,7 @@
 
 The dose model is any callable ``model(inputs, constraints) -> dose_gy`` with ``inputs``
 ``(n, C, d, h, w)`` and ``constraints`` ``(n, K)``: the dose U-Net, or a diffusion sampler wrapped by
-``ctlib.dose.diffusion.window_sampler``. MONAI cuts ``(1, C, D, H, W)`` into ``roi_size`` windows,
+``ctlib.studies.dose.diffusion.window_sampler``. MONAI cuts ``(1, C, D, H, W)`` into ``roi_size`` windows,
 ``sw_batch_size`` at a time; the patient's constraint vector is repeated for every window of a call
 (a closure), and windows are blended with Gaussian (or constant) weights. Patients of a batch are
 predicted one after the other, so each window sees its own patient's constraints. The prediction
@@ -20,8 +20,8 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from ctlib.data import windows
-from ctlib.dose import datasets
-from ctlib.dose.patient_file import SDF_CLIP_MM, DosePatient
+from ctlib.studies.dose import datasets
+from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient
 
 BlendMode = Literal["gaussian", "constant"]
 DoseModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,0 +1,177 @@
+"""``ctlib interpolate``: a thick CT series in, a thin one out, by a trained latent-diffusion run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+class _BadInput(Exception):
+    """One line for stderr: what was expected, what was found, where."""
+
+
+def _list_samplers() -> int:
+    from ctlib.diffusion import samplers
+
+    for name, fn in sorted(samplers.SAMPLERS.items()):
+        doc = (fn.__doc__ or "").strip().splitlines()
+        print(f"{name:<8} {doc[0] if doc else ''}")
+    return 0
+
+
+def _output_kind(path: str, overwrite: bool, what: str) -> str:
+    """``"nifti"`` for ``.nii`` / ``.nii.gz``, ``"dicom"`` for a folder (existing, ending in '/', or no suffix)."""
+    target = Path(path)
+    if path.endswith((".nii", ".nii.gz")):
+        kind = "nifti"
+    elif path.endswith(("/", "\\")) or target.is_dir() or not target.suffix:
+        kind = "dicom"
+    else:
+        raise _BadInput(f"{path}: {what} must end with .nii or .nii.gz (NIfTI) or be a folder (DICOM series)")
+    if target.exists() and not overwrite and (target.is_file() or any(target.iterdir())):
+        raise _BadInput(f"{path}: {what} exists; pass --overwrite to replace it")
+    if kind == "nifti" and target.is_dir():
+        raise _BadInput(f"{path}: {what} is a folder but its name ends with .nii/.nii.gz")
+    return kind
+
+
+def _reference_file(volume: Any) -> Any:
+    """A file of the input DICOM series, so the output joins its study and frame of reference."""
+    import pydicom
+
+    if volume.meta.get("format") != "dicom":
+        return None
+    for file in sorted(Path(volume.meta["source"]).iterdir()):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception:  # not every file in a series folder is DICOM
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) == volume.meta.get("series_uid"):
+            return ds
+    return None
+
+
+def _write_volume(volume: Any, path: str, kind: str, description: str, reference: Any) -> None:
+    from ctlib.io import dicom_write, nifti
+
+    if kind == "nifti":
+        nifti.write_nifti(volume, path)
+    else:
+        dicom_write.write_dicom_series(volume, path.rstrip("/\\"), series_description=description,
+                                       reference=reference)
+
+
+def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
+    """``ctlib interpolate``: read, check, interpolate, write; ``_BadInput`` for unusable input."""
+    import numpy as np
+
+    from ctlib.io import reader
+    from ctlib.studies.interp import bundle, pipeline
+
+    if not args.input or not args.output:
+        raise _BadInput("expected IN and OUT: ctlib interpolate IN OUT --run RUN_ID [--factor N]")
+    if not args.run:
+        raise _BadInput("expected --run RUN_ID: the run of the diffusion notebook (or its checkpoint)")
+    if args.factor is not None and args.factor < 2:
+        raise _BadInput(f"--factor must be at least 2 (thin slices per thick slice), got {args.factor}")
+    if args.samples < 1:
+        raise _BadInput(f"--samples must be at least 1, got {args.samples}")
+    if args.std and args.samples < 2:
+        raise _BadInput(f"{args.std}: an uncertainty map needs --samples 2 or more, got {args.samples}")
+    from ctlib.diffusion import samplers
+
+    if args.sampler not in samplers.SAMPLERS:
+        raise _BadInput(f"unknown sampler {args.sampler!r}; expected one of {sorted(samplers.SAMPLERS)}")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise _BadInput(f"{args.output}: OUT is the input; write the thin volume elsewhere")
+    out_kind = _output_kind(args.output, args.overwrite, "OUT")
+    std_kind = _output_kind(args.std, args.overwrite, "--std") if args.std else None
+
+    thick = reader.read_volume(args.input, series_uid=args.series)
+    if thick.modality != "CT":
+        raise _BadInput(f"{args.input}: modality is {thick.modality!r}, expected 'CT'")
+    if thick.shape[0] < 2:
+        raise _BadInput(f"{args.input}: {thick.shape[0]} slice(s); need at least 2 thick slices to interpolate")
+    interpolator = bundle.load_interpolator(args.run, vae_checkpoint=args.vae, use_ema=not args.no_ema,
+                                            device=args.device)
+    factor = interpolator.spec.factor if args.factor is None else args.factor
+    if factor != interpolator.spec.factor and not args.force_factor:
+        raise _BadInput(
+            f"{args.run}: the model was trained at factor {interpolator.spec.factor}, asked for {factor}; "
+            "pass --force-factor to use it anyway"
+        )
+    result = pipeline.interpolate_volume(
+        thick, interpolator, factor=factor, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        samples=args.samples, window_depth=args.window_depth, overlap=args.overlap,
+        data_consistency=not args.no_data_consistency, seed=args.seed, progress=not args.quiet, chunk=args.chunk,
+        bf16=args.bf16,
+    )
+    reference = _reference_file(thick) if "dicom" in (out_kind, std_kind) else None
+    description = f"ctlib interpolate x{factor}"
+    mean = result.mean.with_array(np.rint(result.mean.array))  # integer HU, stored as int16 where they fit
+    _write_volume(mean, args.output, out_kind, description, reference)
+    if args.std:
+        _write_volume(result.std, args.std, std_kind, f"{description} std (HU)", reference)
+    return {
+        "output": args.output,
+        "std_output": args.std,
+        "shape": list(mean.shape),
+        "spacing_mm": [round(s, 6) for s in mean.spacing],
+        "factor": factor,
+        "residual_before_hu": round(result.residual_before_hu, 3),
+        "residual_after_hu": round(result.residual_after_hu, 3),
+        "seconds": round(result.seconds, 2),
+        "seconds_per_step": round(result.seconds_per_step, 4),
+    }
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    if args.list_samplers:
+        return _list_samplers()
+    from ctlib.errors import CTInputError
+
+    try:
+        summary = interpolate_file(args)
+    except (_BadInput, CTInputError) as err:
+        line = str(err)
+    except Exception as err:  # unreadable input surfaces in many types; still one line, no traceback
+        line = f"{args.input}: {type(err).__name__}: {err}"
+    else:
+        print(json.dumps(summary))
+        return 0
+    print(f"ctlib interpolate: {' '.join(line.split())}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def add_subcommands(sub: Any) -> None:
+    """Register ``ctlib interpolate`` on the ``ctlib`` command's subparsers."""
+    interp = sub.add_parser("interpolate", help="thick CT in, thin CT out, by a trained latent-diffusion run")
+    interp.add_argument("input", nargs="?", help="thick CT: DICOM folder or NIfTI file")
+    interp.add_argument("output", nargs="?", help="thin CT: .nii / .nii.gz file, or a folder for a DICOM series")
+    interp.add_argument("--run", help="diffusion run id (or its folder, or a diffusion.pt checkpoint)")
+    interp.add_argument("--vae", help="VAE checkpoint, instead of the run named by the diffusion checkpoint")
+    interp.add_argument("--factor", type=int, help="thin slices per thick slice (default: the model's)")
+    interp.add_argument("--force-factor", action="store_true", help="allow a factor other than the model's")
+    interp.add_argument("--sampler", default="ddim", help="a name from --list-samplers (default ddim)")
+    interp.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    interp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    interp.add_argument("--samples", type=int, default=1, help="samples averaged; >= 2 for --std")
+    interp.add_argument("--std", metavar="OUT_STD", help="write the per-voxel std over the samples (HU) here")
+    interp.add_argument("--window-depth", type=int, help="thin slices per z-window (default 48)")
+    interp.add_argument("--overlap", type=int, help="slices shared by neighbouring windows (default 1/4)")
+    interp.add_argument("--no-data-consistency", action="store_true", help="keep slab means off the thick slices")
+    interp.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
+    interp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    interp.add_argument("--chunk", type=int, default=16, help="slices per VAE call (default 16)")
+    interp.add_argument("--bf16", action="store_true", help="run the networks under bfloat16 autocast (GPU)")
+    interp.add_argument("--series", help="SeriesInstanceUID, when a DICOM folder holds several series")
+    interp.add_argument("--no-ema", action="store_true", help="sample with the raw weights, not the EMA")
+    interp.add_argument("--overwrite", action="store_true", help="replace OUT (and OUT_STD) if they exist")
+    interp.add_argument("--quiet", action="store_true", help="no progress bar")
+    interp.add_argument("--list-samplers", action="store_true", help="print the registered samplers and exit")
+    interp.set_defaults(func=_cmd_interpolate)

@@ -1,0 +1,38 @@
+"""Runs: one notebook execution = one run directory ``runs/<run_id>/`` (layer: below every study and shared layer).
+
+- ``execute``: papermill execution of a notebook or a chain into a run directory, and run lookups.
+- ``context``: what a notebook asks about the run it is in (its directory, id, metrics, provenance).
+- ``params``: a notebook's ``parameters`` cell, parameter sets and overrides, resolved and type-checked.
+- ``index``: ``EXPERIMENTS_INDEX.md`` built from the run directories.
+
+Notebooks use the flat names re-exported here (``runs.current_run_dir()``, ``runs.run_dir_of(...)``).
+"""
+
+from ctlib.runs.context import (
+    RUN_DIR_ENV_VAR,
+    RUN_ID_ENV_VAR,
+    current_run_dir,
+    current_run_id,
+    figure_provenance,
+    new_run_id,
+    save_metrics,
+    short_name,
+    snapshot_parameters,
+)
+from ctlib.runs.execute import (
+    RunFailed,
+    RunResult,
+    latest_run,
+    load_metrics,
+    read_run,
+    run_chain,
+    run_dir_of,
+    run_notebook,
+    upstream_run_dir,
+)
+
+__all__ = [
+    "RUN_DIR_ENV_VAR", "RUN_ID_ENV_VAR", "RunFailed", "RunResult", "current_run_dir", "current_run_id",
+    "figure_provenance", "latest_run", "load_metrics", "new_run_id", "read_run", "run_chain", "run_dir_of",
+    "run_notebook", "save_metrics", "short_name", "snapshot_parameters", "upstream_run_dir",
+]

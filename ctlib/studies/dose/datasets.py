@@ -18,16 +18,14 @@ the patch is padded: CT -1 (air at the window bottom), SDF +1, dose, masks and p
 
 from __future__ import annotations
 
-import collections
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ctlib.data import windows
+from ctlib.data import lru, windows
 from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
 
 PatientSource = str | os.PathLike | DosePatient
@@ -88,30 +86,6 @@ def crop_padded(array: np.ndarray, corner: Sequence[int], patch: Sequence[int], 
     return np.ascontiguousarray(region)
 
 
-class PatientLRU:
-    """Least-recently-used store of loaded ``DosePatient`` files; thread-safe."""
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = max(1, int(size))
-        self._items: collections.OrderedDict[str, DosePatient] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0
-
-    def get(self, path: str | os.PathLike) -> DosePatient:
-        key = os.fspath(path)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        patient = load_dose_patient(key)
-        with self._lock:
-            self.loads += 1
-            self._items[key] = patient
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return patient
-
-
 class DosePatchDataset:
     """Random 3D patches of dose patients as dicts of tensors (see the module docstring).
 
@@ -150,7 +124,7 @@ class DosePatchDataset:
         self.include_pdm = bool(include_pdm)
         self.seed = int(seed)
         self.lru_size = max(1, int(lru_size))
-        self.lru = PatientLRU(self.lru_size)
+        self.lru = lru.LoadingLRU(load_dose_patient, self.lru_size)
         self.groups = [self.patches_per_patient] * len(self.sources)  # BatchStream keeps a patient's draws together
 
     @property

@@ -11,10 +11,8 @@ than the slice, is ``-1`` (the bottom of the window, air for the usual windows).
 
 from __future__ import annotations
 
-import collections
 import math
 import os
-import threading
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ import numpy as np
 import torch
 
 from ctlib import runs
-from ctlib.data import cache, windows
+from ctlib.data import cache, lru, windows
 from ctlib.data.splits import load_manifest
 from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
@@ -70,29 +68,10 @@ def cached_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     return tuple(int(n) for n in shape)
 
 
-class VolumeLRU:
-    """Least-recently-used store of cached volumes as ``(int16 HU (z, y, x), spacing_mm)``; thread-safe."""
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = max(1, int(size))
-        self._items: collections.OrderedDict[str, tuple[np.ndarray, tuple[float, float, float]]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-        self.loads = 0
-
-    def get(self, path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
-        key = os.fspath(path)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        volume = cache.load_volume(key)
-        item = (volume.array.astype(np.int16), volume.spacing)
-        with self._lock:
-            self.loads += 1
-            self._items[key] = item
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return item
+def _load_int16(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A cached volume as ``(int16 HU (z, y, x), spacing_mm)``, the form the volume LRU keeps."""
+    volume = cache.load_volume(path)
+    return volume.array.astype(np.int16), volume.spacing
 
 
 def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -137,7 +116,7 @@ class _CachedVolumes:
         self.window = windows.get_window(window)
         self.seed = int(seed)
         self.lru_size = max(1, int(lru_size))
-        self.lru = VolumeLRU(self.lru_size)
+        self.lru = lru.LoadingLRU(_load_int16, self.lru_size)
         self.groups: list[int] = []
 
     def _set_groups(self, groups: list[int]) -> None:

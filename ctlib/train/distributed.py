@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ctlib import device as devices
+
 
 @dataclasses.dataclass(frozen=True)
 class WorldInfo:
@@ -85,10 +87,8 @@ def cleanup_distributed() -> None:
 
 
 def resolve_device(device: str, world: WorldInfo) -> torch.device:
-    """``"auto"``: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; anything else passes to ``torch.device``."""
-    if device == "auto":
-        return torch.device(f"cuda:{world.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
+    """``ctlib.device.resolve_device`` for this process's rank: ``"auto"`` is ``cuda:LOCAL_RANK`` or CPU."""
+    return devices.resolve_device(device, local_rank=world.local_rank)
 
 
 def wrap_model(model: nn.Module, world: WorldInfo, device: torch.device) -> nn.Module:

@@ -19,6 +19,7 @@ from torch import nn
 from ctlib import checkpoint as checkpoint_io
 from ctlib import runs
 from ctlib.data import windows
+from ctlib.device import resolve_device  # re-exported: bundle.resolve_device
 from ctlib.errors import CTInputError
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
@@ -55,13 +56,6 @@ class Interpolator:
     def inplane_multiple(self) -> int:
         """Image height and width must be multiples of this (VAE factor times the U-Net's multiple)."""
         return self.vae_factor * self.depth_multiple
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else as ``torch.device`` understands it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _run_checkpoint(run_id: str, relative: Path, what: str) -> Path:

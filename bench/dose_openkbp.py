@@ -52,10 +52,10 @@ KIND_KEYS = {"unet": ("loss", "channels", "film_hidden"),
 def training_budget(run_id: str, bundle: evaluation.DoseModelBundle) -> dict:
     """What a training run spent: steps, batch, patch, model size, parameter set, wall time and device."""
     run_dir = runs.run_dir_of(run_id)
-    record = json.loads((run_dir / "run.json").read_text())
+    record = runs.read_run(run_id)
     params_file = json.loads((run_dir / "params.json").read_text())
     params = params_file.get("parameters", {})
-    device = record.get("device") or {}
+    device = record.device
     return {
         "parameter_set": params_file.get("parameter_set"),
         "overrides": params_file.get("overrides"),
@@ -64,9 +64,9 @@ def training_budget(run_id: str, bundle: evaluation.DoseModelBundle) -> dict:
         "samples_seen": (int(bundle.checkpoint["extra"].get("step") or 0) * int(params.get("batch_size", 0))
                          * int(params.get("grad_accum_steps", 1))),
         "parameters_m": sum(p.numel() for p in bundle.module.parameters()) / 1e6,
-        "wall_time_s": record.get("duration_s"),
+        "wall_time_s": record.duration_s,
         "device": device.get("device_name") or f"CPU, {device.get('cpu_count')} cores",
-        "git_commit": (record.get("git") or {}).get("commit"),
+        "git_commit": record.git_commit,
     }
 
 

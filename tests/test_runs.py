@@ -16,6 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from ctlib import paths, provenance, runs
 from ctlib.runs import context as run_context
 from ctlib.runs import params as run_params
+from ctlib.runs import record as run_record
 
 TOY_STEM = "2026-01-01_01_toy"
 TOY_PARAMETERS = """\
@@ -142,6 +143,34 @@ def test_run_dir_of_refuses_unknown_and_unfinished_runs():
     assert runs.latest_run("toy") is None and runs.latest_run("toy", status=None) == crashed.name
 
 
+def test_record_reads_old_files_and_writes_back_every_key(tmp_path):
+    """run.json of either earlier writer reads; unknown keys survive; ``record`` is written only when set."""
+    interactive = {"run_id": "a", "notebook": None, "notebook_stem": "interactive", "parameter_set": None,
+                   "status": "interactive", "error": None, "started_utc": "2026-01-01T00:00:00Z", "ended_utc": None,
+                   "duration_s": None, "git": {"commit": "abc", "dirty": True, "branch": "main"}, "python": "3.11",
+                   "python_executable": "/x/python", "packages": {"torch": "2"}, "device": {"cpu_count": 2},
+                   "future_key": [1, 2]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "run.json").write_text(json.dumps(interactive))
+    record = run_record.RunRecord.from_file(tmp_path / "a")
+    assert (record.status, record.git_commit, record.git_dirty, record.lost) == ("interactive", "abc", True, False)
+    assert record.extra == {"future_key": [1, 2]}
+    record.to_file(tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert {k: written[k] for k in interactive} == interactive and "record" not in written
+    assert set(written) - set(interactive) == {"output_notebook", "error_traceback", "kernel"}
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "run.json").write_text('{"status": "completed"}')  # the oldest, barest record
+    bare = run_record.read_record(tmp_path / "b")
+    assert (bare.run_id, bare.git, bare.git_commit, bare.duration_s) == ("b", {}, None, None)
+    (tmp_path / "b" / "run.json").write_text("[1]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        run_record.read_record(tmp_path / "b")
+    lost = run_record.RunRecord("c", "completed", record=run_record.LOST_NOTE, extra={"lost": True})
+    assert lost.lost and lost.to_dict()["record"].startswith("reconstructed from EXPERIMENTS_INDEX.md")
+
+
 def test_interactive_run_dir_and_metrics_merge(monkeypatch):
     for var in (runs.RUN_DIR_ENV_VAR, runs.RUN_ID_ENV_VAR):
         monkeypatch.setenv(var, "placeholder")  # so that monkeypatch restores the variable's absence
@@ -252,7 +281,7 @@ def test_upstream_run_dir_named_latest_or_fresh(tmp_path, monkeypatch):
     monkeypatch.setenv(runs.RUN_DIR_ENV_VAR, str(tmp_path / "consumer"))
 
     fresh = runs.upstream_run_dir(notebook)
-    assert runs.read_run(fresh.name)["status"] == "completed"
+    assert runs.read_run(fresh.name).status == "completed"
     again = runs.upstream_run_dir(notebook)  # reuses the completed run instead of running again
     assert again == fresh and len(list(paths.runs_dir().iterdir())) == 1
     assert json.loads((tmp_path / "consumer" / "upstream.json").read_text()) == {notebook.stem: fresh.name}

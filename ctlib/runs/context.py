@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ctlib import atomic, paths, provenance
+from ctlib.runs.record import RunRecord, has_record
 
 RUN_DIR_ENV_VAR = "CTLIB_RUN_DIR"
 RUN_ID_ENV_VAR = "CTLIB_RUN_ID"
@@ -50,22 +51,7 @@ def current_run_dir() -> Path:
     run_id = new_run_id("interactive")
     path = paths.runs_dir() / run_id
     path.mkdir(parents=True)
-    now = provenance.iso(provenance.utc_now())
-    atomic.write_json(
-        path / "run.json",
-        {
-            "run_id": run_id,
-            "notebook": None,
-            "notebook_stem": "interactive",
-            "parameter_set": None,
-            "status": "interactive",
-            "error": None,
-            "started_utc": now,
-            "ended_utc": None,
-            "duration_s": None,
-            **provenance.environment(),
-        },
-    )
+    RunRecord.started(run_id, notebook=None, notebook_stem="interactive", status="interactive").to_file(path)
     os.environ[RUN_DIR_ENV_VAR], os.environ[RUN_ID_ENV_VAR] = str(path), run_id
     return path
 
@@ -103,12 +89,12 @@ def snapshot_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
 
 def figure_provenance(parameters: dict[str, Any]) -> dict[str, Any]:
     """The sidecar of a figure saved by this run: run id, notebook, git commit and the parameters."""
-    record_file = current_run_dir() / "run.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    git = record.get("git") or provenance.git_state()
+    run_dir = current_run_dir()
+    record = RunRecord.from_file(run_dir) if has_record(run_dir) else None
+    git = (record.git if record else None) or provenance.git_state()
     return {
         "run_id": current_run_id(),
-        "notebook": record.get("notebook"),
+        "notebook": record.notebook if record else None,
         "git_commit": git.get("commit"),
         "git_dirty": git.get("dirty"),
         "parameters": parameters,

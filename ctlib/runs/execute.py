@@ -20,9 +20,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from ctlib import atomic, paths, provenance
+from ctlib import atomic, paths
 from ctlib.runs.context import (  # noqa: F401  (re-exported by ctlib.runs)
     RUN_DIR_ENV_VAR,
     RUN_ID_ENV_VAR,
@@ -41,8 +41,8 @@ from ctlib.runs.params import (
     resolve_notebook_path,
     resolve_parameters,
 )
+from ctlib.runs.record import RECORD_FILE, RunRecord, Status
 
-Status = Literal["running", "completed", "failed", "interactive"]
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -124,21 +124,16 @@ def run_notebook(
         },
     )
     output = run_dir / path.name
-    record: dict[str, Any] = {
-        "run_id": run_id,
-        "notebook": _relative(path),
-        "notebook_stem": stem,
-        "output_notebook": output.name,
-        "parameter_set": parameter_set,
-        "status": "running",
-        "error": None,
-        "error_traceback": None,
-        "kernel": kernel_name or f"{sys.executable} (ipykernel)",
-        **provenance.environment(),
-    }
-    started, t0 = provenance.utc_now(), time.perf_counter()
-    record["started_utc"], record["ended_utc"], record["duration_s"] = provenance.iso(started), None, None
-    atomic.write_json(run_dir / "run.json", record)
+    record = RunRecord.started(
+        run_id,
+        notebook=_relative(path),
+        notebook_stem=stem,
+        output_notebook=output.name,
+        parameter_set=parameter_set,
+        kernel=kernel_name or f"{sys.executable} (ipykernel)",
+    )
+    t0 = time.perf_counter()
+    record.to_file(run_dir)
 
     error: BaseException | None = None
     try:
@@ -164,16 +159,10 @@ def run_notebook(
         with atomic.atomic_path(output) as tmp:
             shutil.copyfile(path, tmp)
     duration_s = round(time.perf_counter() - t0, 3)
-    record.update(
-        status="failed" if error else "completed",
-        ended_utc=provenance.iso(provenance.utc_now()),
-        duration_s=duration_s,
-    )
-    if error is not None:
-        record["error"], record["error_traceback"] = provenance.describe_error(error)
-    atomic.write_json(run_dir / "run.json", record)
+    record.finish(duration_s, error)
+    record.to_file(run_dir)
 
-    result = RunResult(run_id, run_dir, record["status"], duration_s, record["error"])
+    result = RunResult(run_id, run_dir, record.status, duration_s, record.error)
     if error is not None and not isinstance(error, Exception):
         raise error
     if error is not None and raise_on_failure:
@@ -284,22 +273,22 @@ def run_chain(
 
 
 # ---------------------------------------------------------------------------- finding runs
-def read_run(run_id: str) -> dict[str, Any]:
-    """The ``run.json`` of a run, or ``FileNotFoundError`` naming the runs folder."""
-    file = paths.runs_dir() / run_id / "run.json"
+def read_run(run_id: str) -> RunRecord:
+    """The record (``run.json``) of a run, or ``FileNotFoundError`` naming the runs folder."""
+    file = paths.runs_dir() / run_id / RECORD_FILE
     if not file.is_file():
-        recent = [p.parent.name for p in sorted(paths.runs_dir().glob("*/run.json"), reverse=True)[:5]]
+        recent = [p.parent.name for p in sorted(paths.runs_dir().glob(f"*/{RECORD_FILE}"), reverse=True)[:5]]
         raise FileNotFoundError(f"run {run_id!r} not found: no {file}; most recent runs: {recent or 'none'}")
-    return json.loads(file.read_text())
+    return RunRecord.from_file(file)
 
 
 def run_dir_of(run_id: str, *, require_completed: bool = True) -> Path:
     """Folder of an earlier run, refusing one that is missing or (by default) did not complete."""
     record = read_run(run_id)
-    if require_completed and record.get("status") != "completed":
+    if require_completed and record.status != "completed":
         raise RuntimeError(
-            f"run {run_id!r} has status {record.get('status')!r}, expected 'completed'"
-            + (f": {record['error']}" if record.get("error") else "")
+            f"run {run_id!r} has status {record.status!r}, expected 'completed'"
+            + (f": {record.error}" if record.error else "")
         )
     return paths.runs_dir() / run_id
 
@@ -307,15 +296,15 @@ def run_dir_of(run_id: str, *, require_completed: bool = True) -> Path:
 def latest_run(notebook_stem: str, status: str | None = "completed") -> str | None:
     """Id of the most recently started run of a notebook (stem or short name); ``status=None`` for any."""
     candidates = []
-    for file in paths.runs_dir().glob("*/run.json"):
+    for file in paths.runs_dir().glob(f"*/{RECORD_FILE}"):
         try:
-            record = json.loads(file.read_text())
-        except (OSError, ValueError):
+            record = RunRecord.from_file(file)
+        except (OSError, ValueError, TypeError):
             continue
-        stem = record.get("notebook_stem") or ""
-        if notebook_stem not in (stem, short_name(stem)) or status and record.get("status") != status:
+        stem = record.notebook_stem or ""
+        if notebook_stem not in (stem, short_name(stem)) or status and record.status != status:
             continue
-        candidates.append((record.get("started_utc") or "", file.parent.name))
+        candidates.append((record.started_utc or "", file.parent.name))
     return max(candidates)[1] if candidates else None
 
 

@@ -45,6 +45,15 @@ def aspect_target_mm(shape: tuple[int, int], spacing_mm: tuple[float, float]) ->
     return max(target, extent / MAX_PANE_PX)
 
 
+def plane_spacing_mm(view: str, spacing_mm: Sequence[float]) -> tuple[float, float]:
+    """``(row, column)`` pixel size in mm of a ``view`` plane of a ``(z, y, x)`` volume of ``spacing_mm``
+    ``(dz, dy, dx)``: axial ``(dy, dx)``, coronal ``(dz, dx)``, sagittal ``(dz, dy)``."""
+    if view not in AXES:
+        raise ValueError(f"view must be one of {AXES}, got {view!r}")
+    dz, dy, dx = (float(s) for s in spacing_mm)
+    return {"axial": (dy, dx), "coronal": (dz, dx), "sagittal": (dz, dy)}[view]
+
+
 def reorient_array_like(array: np.ndarray, volume: Volume) -> np.ndarray:
     """Apply to ``array`` (on ``volume``'s grid) the axis permutation and flips of ``reorient_to_lps``."""
     direction = volume.direction
@@ -150,9 +159,8 @@ class DisplayVolume:
 
 def _pane_layout(dv: DisplayVolume, axis: str) -> PaneLayout:
     nz, ny, nx = dv.volume.shape
-    dz, dy, dx = dv.volume.spacing
-    rows_n, cols_n, rows_mm, cols_mm = {"axial": (ny, nx, dy, dx), "coronal": (nz, nx, dz, dx),
-                                        "sagittal": (nz, ny, dz, dy)}[axis]
+    rows_n, cols_n = {"axial": (ny, nx), "coronal": (nz, nx), "sagittal": (nz, ny)}[axis]
+    rows_mm, cols_mm = plane_spacing_mm(axis, dv.volume.spacing)
     target = aspect_target_mm((rows_n, cols_n), (rows_mm, cols_mm))
     src_rows = aspect_index_map(rows_n, rows_mm, target)
     src_cols = aspect_index_map(cols_n, cols_mm, target)

@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 
 from ctlib.data.windows import HUWindow
 from ctlib.metrics.dose_scores import DVHCurves
-from ctlib.viz import labels, render
+from ctlib.viz import labels, panels, render
 
 VIEWS = ("axial", "coronal")
 DOSE_CMAP = "turbo"
@@ -40,12 +40,7 @@ def busiest_slice(mask: np.ndarray, axis: int = 0) -> int:
 def _plane(array: np.ndarray, view: str, index: int) -> np.ndarray:
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-    return array[index] if view == "axial" else array[:, index, :]
-
-
-def _aspect(view: str, spacing_mm: Sequence[float]) -> float:
-    dz, dy, dx = (float(s) for s in spacing_mm)
-    return dy / dx if view == "axial" else dz / dx
+    return render.raw_plane(array, view, index)
 
 
 def dose_overlay_rgb(
@@ -107,18 +102,18 @@ def colorwash_panels(
     diff_handle = None
     for r, view in enumerate(views):
         index = int(centre[0] if view == "axial" else centre[1])
-        aspect, ct_plane = _aspect(view, spacing_mm), _plane(ct_hu, view, index)
+        ct_plane = _plane(ct_hu, view, index)
         for c, dose in enumerate(doses_gy.values()):
             rgb = dose_overlay_rgb(ct_plane, _plane(dose, view, index), window=window, max_gy=max_gy,
                                    isodose_levels_gy=isodose_levels_gy)
-            axes[r, c].imshow(rgb, aspect=aspect)
+            panels.show_plane(axes[r, c], rgb, view, spacing_mm)
         if difference is not None:
             ax = axes[r, -1]
-            ax.imshow(ct_plane, cmap="gray", vmin=window.low, vmax=window.high, aspect=aspect)
+            panels.show_plane(ax, ct_plane, view, spacing_mm, cmap="gray", vmin=window.low, vmax=window.high)
             diff = _plane(doses_gy[difference[0]], view, index) - _plane(doses_gy[difference[1]], view, index)
             shown = diff if difference_mask is None else np.ma.masked_where(~_plane(difference_mask, view, index), diff)
-            diff_handle = ax.imshow(shown, cmap=DIFFERENCE_CMAP, vmin=-difference_max_gy, vmax=difference_max_gy,
-                                    aspect=aspect, alpha=0.85)
+            diff_handle = panels.show_plane(ax, shown, view, spacing_mm, cmap=DIFFERENCE_CMAP,
+                                            vmin=-difference_max_gy, vmax=difference_max_gy, alpha=0.85)
         for c in range(n_cols):
             _bare(axes[r, c])
         axes[r, 0].set_ylabel(f"{view} {index}", fontsize=12)
@@ -198,14 +193,14 @@ def gamma_panels(
     handle = None
     for r, view in enumerate(views):
         index = int(centre[0] if view == "axial" else centre[1])
-        aspect = _aspect(view, spacing_mm)
         for c, (name, gamma_map) in enumerate(gamma_maps.items()):
             if np.shape(gamma_map) != np.shape(ct_hu):
                 raise ValueError(f"gamma map {name!r} has shape {np.shape(gamma_map)}, expected {np.shape(ct_hu)}")
             ax = axes[r, c]
-            ax.imshow(_plane(ct_hu, view, index), cmap="gray", vmin=window.low, vmax=window.high, aspect=aspect)
+            panels.show_plane(ax, _plane(ct_hu, view, index), view, spacing_mm, cmap="gray", vmin=window.low,
+                              vmax=window.high)
             plane = _plane(gamma_map, view, index)
-            handle = ax.imshow(np.ma.masked_invalid(plane), cmap=GAMMA_CMAP, norm=norm, aspect=aspect)
+            handle = panels.show_plane(ax, np.ma.masked_invalid(plane), view, spacing_mm, cmap=GAMMA_CMAP, norm=norm)
             _bare(ax)
             if r == 0:
                 rate = (pass_rates_percent or {}).get(name)

@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 from ctlib.data.windows import HUWindow
 from ctlib.io.orientation import reorient_to_lps
 from ctlib.io.volume import Volume
+from ctlib.viz import panels
 
 View = Literal["axial", "coronal", "sagittal"]
 VIEWS: tuple[str, ...] = get_args(View)
@@ -34,17 +35,16 @@ def farthest_from_thick(thin_index_of_thick: np.ndarray, n_thin: int) -> int:
     return int(candidates[np.argmin(np.abs(candidates - (n_thin - 1) / 2))])
 
 
-def _plane(volume: Volume, view: str, z_mm: float, y: int, x: int) -> tuple[np.ndarray, float, bool]:
-    """The 2D image of ``view`` through the slice nearest ``z_mm`` (axial) or row ``y`` / column ``x``;
-    its aspect (row spacing / column spacing) and whether row 0 is drawn at the bottom (head up)."""
-    dz, dy, dx = volume.spacing
+def _plane(volume: Volume, view: str, z_mm: float, y: int, x: int) -> tuple[np.ndarray, bool]:
+    """The 2D image of ``view`` through the slice nearest ``z_mm`` (axial) or row ``y`` / column ``x``,
+    and whether row 0 is drawn at the bottom (head up)."""
     if view == "axial":
         positions = volume.slice_positions() @ volume.slice_normal
         k = int(np.argmin(np.abs(positions - z_mm)))
-        return volume.array[k], dy / dx, False
+        return volume.array[k], False
     if view == "coronal":
-        return volume.array[:, min(y, volume.shape[1] - 1), :], dz / dx, True
-    return volume.array[:, :, min(x, volume.shape[2] - 1)], dz / dy, True
+        return volume.array[:, min(y, volume.shape[1] - 1), :], True
+    return volume.array[:, :, min(x, volume.shape[2] - 1)], True
 
 
 def _crop(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
@@ -99,8 +99,8 @@ def comparison_grid(
     # volume take little room; a zoom row has the box's proportions.
     heights = []
     for view, zoomed in rows:
-        image, aspect, _ = _plane(reference, view, z_mm, y, x)
-        ratio = image.shape[0] * aspect / image.shape[1]
+        image, _ = _plane(reference, view, z_mm, y, x)
+        ratio = image.shape[0] * panels.plane_aspect(view, reference.spacing) / image.shape[1]
         heights.append(ratio * (zoom[1] - zoom[0]) / (zoom[3] - zoom[2]) if zoomed else ratio)
     heights = [min(max(h, 0.15), 3.0) for h in heights]
     fig, axes = plt.subplots(len(rows), len(names), squeeze=False, layout="constrained", height_ratios=heights,
@@ -110,13 +110,13 @@ def comparison_grid(
     for r, (view, zoomed) in enumerate(rows):
         for c, name in enumerate(names):
             ax = axes[r, c]
-            image, aspect, head_up = _plane(shown[name], view, z_mm, y, x)
+            image, head_up = _plane(shown[name], view, z_mm, y, x)
             if zoomed:  # crop in picture coordinates: a head-up reformat is drawn last row first
                 image, head_up = _crop(image[::-1] if head_up else image, zoom), False
             is_map = name in maps
-            handle = ax.imshow(image, cmap=MAP_CMAP if is_map else "gray", aspect=aspect,
-                               vmin=0.0 if is_map else window.low, vmax=map_max_hu if is_map else window.high,
-                               origin="lower" if head_up else "upper")
+            handle = panels.show_plane(ax, image, view, shown[name].spacing, head_up=head_up,
+                                       cmap=MAP_CMAP if is_map else "gray", vmin=0.0 if is_map else window.low,
+                                       vmax=map_max_hu if is_map else window.high)
             mapped = handle if is_map else mapped
             ax.set_xticks([])
             ax.set_yticks([])

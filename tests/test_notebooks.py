@@ -67,3 +67,24 @@ def test_notebook_structure(notebook: Path):
     assert not errors, "a committed output holds an error"
     counts = [c.execution_count for c in code]
     assert counts == list(range(1, len(code) + 1)), "outputs must come from one top-to-bottom run"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_only_a_run_asked_to_publish_writes_the_repository_figures(notebook: Path):
+    """Default and test (nbval) runs keep their figures in their run folder, so `make test` leaves figures/ as
+    committed: a notebook that can write there declares ``publish_figures: bool = False``."""
+    from ctlib.runs.params import notebook_defaults
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    source = "\n".join(c.source for c in cells if c.cell_type == "code")
+    if 'repo_root() / "figures"' not in source and "repo_root() / figures_dir" not in source:
+        return
+    defaults = notebook_defaults(notebook)
+    assert defaults.get("publish_figures") is False, "declare publish_figures: bool = False"
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if "repo_root() / " not in line or "figures" not in line.split("repo_root() / ", 1)[1]:
+            continue
+        indent = len(line) - len(line.lstrip())
+        outer = [x for x in lines[:i] if x.strip() and len(x) - len(x.lstrip()) < indent]
+        assert outer and "publish_figures" in outer[-1], f"only under `if publish_figures:`: {line.strip()}"

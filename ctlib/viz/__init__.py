@@ -1,6 +1,7 @@
 """Figures and viewers.
 
 - ``style``: one style for saved figures (serif, >= 12 pt, colorblind-safe, PNG + PDF, provenance sidecar).
+- ``publish``: a run's saved figures copied into the repository's ``figures/`` (only runs asked to publish).
 - ``panels``: static panels of CT volumes under named HU windows.
 - ``viewer``: the orthogonal slice viewer for Jupyter (``Viewer``), its inputs and static fallback.
 - ``viewer_widgets``: the viewer's ipywidgets (sliders, presets, overlay controls, legends, CSS classes).

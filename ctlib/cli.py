@@ -1,4 +1,4 @@
-"""The ``ctlib`` command: ``info``, ``run``, ``index``, ``demo``, and the subcommands of each study (``ctlib/studies/*/cli.py``).
+"""The ``ctlib`` command: ``info``, ``run``, ``index``, ``archive``, ``demo``, and the subcommands of each study (``ctlib/studies/*/cli.py``).
 
 Bad input ends with exit status 2 and one line on stderr that names the file and the problem.
 """
@@ -12,14 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_BAD_INPUT = 2
-
-# The demo chain: notebooks run in order with their default parameters on embedded data.
-DEMO_CHAIN: tuple[str, ...] = (
-    "notebooks/slice_interp/2026-11-23_01_preprocess.ipynb",
-    "notebooks/slice_interp/2026-11-23_02_vae.ipynb",
-    "notebooks/slice_interp/2026-11-23_03_diffusion.ipynb",
-    "notebooks/slice_interp/2026-11-23_04_evaluate.ipynb",
-)
 
 
 def volume_info(path: str, series_uid: str | None = None) -> dict[str, Any]:
@@ -59,6 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ctlib import runs
     from ctlib.runs import index as experiments_index
     from ctlib.runs import params as run_params
+    from ctlib.runs import report
 
     try:
         overrides = dict(run_params.parse_override(item) for item in args.param)
@@ -74,6 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     experiments_index.write_index()
     print(json.dumps({"run_id": result.run_id, "status": result.status, "run_dir": str(result.run_dir)}))
+    print("\n".join(report.output_lines(result.run_dir)), flush=True)
     if result.status != "completed":
         print(f"ctlib run: {result.run_id} failed: {result.error}", file=sys.stderr)
         return 1
@@ -88,24 +82,31 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(chain: Sequence[str] = DEMO_CHAIN) -> list[Any]:
-    """Run the demo chain with default parameters (each step gets its upstream run id), then index."""
-    from ctlib import runs
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from ctlib.runs import archive
     from ctlib.runs import index as experiments_index
 
-    try:
-        results = runs.run_chain([(notebook, None, {}) for notebook in chain])
-    except runs.RunFailed as failure:
-        results = [failure.result]
-    finally:
-        experiments_index.write_index()
-    for result in results:
-        print(f"{result.status:>9}  {result.duration_s:7.1f} s  {result.run_id}", flush=True)
-    return results
+    try:  # every id is checked before anything is copied
+        for run_id in args.run_ids:
+            archive.check_archivable(run_id, force=args.force)
+    except archive.ArchiveRefused as err:
+        print(f"ctlib archive: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    max_file_bytes = int(args.max_file_mb * 2**20)
+    for run_id in args.run_ids:
+        done = archive.archive_run(run_id, force=args.force, max_file_bytes=max_file_bytes)
+        size = sum(done.files.values()) / 2**20
+        print(f"archived {run_id} -> {done.path} ({len(done.files)} files, {size:.1f} MB)")
+        for skipped in done.skipped:
+            print(f"  left out {skipped['path']}: {skipped['reason']}")
+    print(experiments_index.write_index())
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    results = run_demo()
+    from ctlib import demo
+
+    results = demo.run_demo()
     failed = [r for r in results if r.status != "completed"]
     for r in failed:
         print(f"ctlib demo: {r.run_id} failed: {r.error}", file=sys.stderr)
@@ -140,8 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-P", "--param", action="append", default=[], metavar="KEY=VALUE", help="override")
     run.set_defaults(func=_cmd_run)
 
-    index = sub.add_parser("index", help="regenerate EXPERIMENTS_INDEX.md from runs/")
+    index = sub.add_parser("index", help="regenerate EXPERIMENTS_INDEX.md from runs/ and experiments/")
     index.set_defaults(func=_cmd_index)
+
+    keep = sub.add_parser("archive", help="keep completed runs in git: a light copy in experiments/<run_id>/")
+    keep.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="completed runs in runs/")
+    keep.add_argument("--force", action="store_true", help="replace an existing experiments/<run_id>/")
+    keep.add_argument("--max-file-mb", type=float, default=2.0, help="files larger than this are left out")
+    keep.set_defaults(func=_cmd_archive)
 
     demo = sub.add_parser("demo", help="run the demo chain of notebooks on embedded data")
     demo.set_defaults(func=_cmd_demo)

@@ -1,4 +1,5 @@
-"""The ``ctlib`` command: ``info`` on every format and every kind of bad input, ``run`` and ``index``."""
+"""The ``ctlib`` command: ``info`` on every format and every kind of bad input, ``run`` and ``index``
+(``archive``: tests/test_runs_archive.py; the demo summary: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_info_refuses_bad_input_with_one_line(tmp_path):
         assert fragment in lines[0] and str(path.name) in lines[0], (name, lines[0])
 
 
-def test_run_and_index(tmp_path, monkeypatch):
+def test_run_and_index(tmp_path, monkeypatch, capsys):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("alpha = 1  # an int\nlabel = 'a'  # a string")
     params.metadata["tags"] = ["parameters"]
@@ -84,6 +85,15 @@ def test_run_and_index(tmp_path, monkeypatch):
     index = tmp_path / "EXPERIMENTS_INDEX.md"
 
     assert cli.main(["run", str(notebook), "-p", "big", "-P", "label=b"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    run_id = json.loads(out[0])["run_id"]
+    assert out[1:] == [  # its last lines say where the outputs are
+        f"run {run_id}: completed",
+        f"  run folder:        {paths.runs_dir() / run_id}/",
+        f"  executed notebook: {paths.runs_dir() / run_id / notebook.name}",
+        f"  metrics:           {paths.runs_dir() / run_id / 'metrics.json'} (1 value)",
+        "  figures:           none",
+    ]
     assert cli.main(["run", str(notebook), "-p", "nosuchset"]) == 2
     assert cli.main(["run", str(notebook), "-P", "beta=3"]) == 2
     runs_dir = paths.runs_dir()

@@ -1,7 +1,8 @@
-"""EXPERIMENTS_INDEX.md: a table of every run in ``runs/``, regenerated, with hand-written notes kept.
+"""EXPERIMENTS_INDEX.md: a table of every run in ``runs/`` and ``experiments/``, regenerated, notes kept.
 
 Everything from the ``## Notes`` heading to the end of the file is written by people and preserved
-verbatim; everything above it is generated from the run directories.
+verbatim; everything above it is generated from the run directories (``runs/``, local and not in
+git) and the run archive (``experiments/``, in git), so a fresh clone loses no row.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ctlib import atomic, paths
+from ctlib.runs import archive
+from ctlib.runs import record as record_io
 
 NOTES_HEADING = "## Notes"
 MAX_METRICS = 6
@@ -32,42 +35,60 @@ def default_index_path() -> Path:
     return paths.repo_root() / "EXPERIMENTS_INDEX.md"
 
 
-def build_index(runs_dir: Path | None = None, *, include_interactive: bool = False) -> list[dict[str, Any]]:
-    """One entry per ``<runs_dir>/*/run.json`` with its params and metrics, newest first.
+def build_index(
+    runs_dir: Path | None = None, archive_dir: Path | None = None, *, include_interactive: bool = False
+) -> list[dict[str, Any]]:
+    """One entry per run in ``runs_dir`` (default ``runs/``) or ``archive_dir`` (default ``experiments/``).
 
-    An unreadable ``run.json`` gives an entry with status ``unreadable`` and the reason as error.
-    Interactive runs (a notebook run by hand, or by nbval) are left out unless asked for: they have
-    no parameter set and nobody chose to record them.
+    A run in both appears once, read from ``runs_dir`` and marked as archived too. An unreadable
+    ``run.json`` gives an entry with status ``unreadable`` and the reason as error. Interactive runs
+    (a notebook run by hand, or by nbval) are left out unless asked for: they have no parameter set
+    and nobody chose to record them. Newest first.
     """
-    root = Path(runs_dir or paths.runs_dir())
+    archive_root = Path(archive_dir or archive.archive_dir())
+    archived = {e["run_id"]: e for e in _entries(archive_root, "archive")}
+    entries = {}
+    for entry in _entries(Path(runs_dir or paths.runs_dir()), "runs"):
+        entry["kept"] = ("runs", "archive") if entry["run_id"] in archived else ("runs",)
+        entries[entry["run_id"]] = entry
+    for run_id, entry in archived.items():
+        entries.setdefault(run_id, entry)
+    chosen = [e for e in entries.values() if include_interactive or e["status"] != "interactive"]
+    chosen.sort(key=lambda e: (e["started_utc"] or "", e["run_id"]), reverse=True)
+    return chosen
+
+
+def _entries(root: Path, kept: str) -> list[dict[str, Any]]:
+    """The index entries of the run folders directly under ``root`` (``kept``: ``runs`` or ``archive``)."""
     entries = []
-    for file in root.glob("*/run.json") if root.is_dir() else []:
-        if file.parent.name.startswith("."):  # atomic-write temporaries
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name.startswith(".") or not record_io.has_record(folder):  # atomic-write temporaries
             continue
         try:
-            record = json.loads(file.read_text())
-        except (OSError, ValueError) as exc:
-            record = {"status": "unreadable", "error": f"run.json: {type(exc).__name__}: {exc}"}
-        if record.get("status") == "interactive" and not include_interactive:
-            continue
-        git = record.get("git") or {}
+            record = record_io.read_record(folder)
+        except (OSError, ValueError, TypeError) as exc:
+            record = record_io.RunRecord(
+                folder.name, "unreadable", error=f"{record_io.RECORD_FILE}: {type(exc).__name__}: {exc}"
+            )
         entries.append(
             {
-                "run_id": record.get("run_id") or file.parent.name,
-                "run_dir": file.parent,
-                "notebook": record.get("notebook"),
-                "parameter_set": record.get("parameter_set"),
-                "git_commit": git.get("commit"),
-                "git_dirty": git.get("dirty"),
-                "status": record.get("status"),
-                "started_utc": record.get("started_utc"),
-                "duration_s": record.get("duration_s"),
-                "error": record.get("error"),
-                "params": _read_json(file.parent / "params.json").get("parameters", {}),
-                "metrics": _read_json(file.parent / "metrics.json"),
+                "run_id": record.run_id or folder.name,
+                "run_dir": folder,
+                "notebook": record.notebook,
+                "parameter_set": record.parameter_set,
+                "git_commit": record.git_commit,
+                "git_dirty": record.git_dirty,
+                "status": record.status,
+                "started_utc": record.started_utc,
+                "duration_s": record.duration_s,
+                "error": record.error,
+                "params": _read_json(folder / "params.json").get("parameters", {}),
+                "metrics": _read_json(folder / "metrics.json"),
+                "metrics_left_out": int(record.extra.get("metrics_left_out") or 0),
+                "lost": record.lost,
+                "kept": ("lost",) if record.lost else (kept,),
             }
         )
-    entries.sort(key=lambda e: (e["started_utc"] or "", e["run_id"]), reverse=True)
     return entries
 
 
@@ -79,16 +100,25 @@ def _read_json(file: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+COLUMNS = ("Run", "Notebook", "Set", "Git", "Status", "Duration", "Kept in", "Key metrics")
+KEPT_LABELS = {
+    ("runs",): "runs/",
+    ("archive",): "experiments/",
+    ("runs", "archive"): "runs/, experiments/",
+    ("lost",): "**lost**",
+}
+
+
 def render_table(entries: list[dict[str, Any]]) -> str:
     """The markdown table of :func:`build_index` entries."""
-    lines = [
-        "| Run | Notebook | Set | Git | Status | Duration | Key metrics |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
     for e in entries:
         status = e["status"] or "unknown"
         if e["error"]:
             status = f"{status}: {_truncate(e['error'])}"
+        metrics = format_metrics(e["metrics"])
+        if e.get("metrics_left_out"):
+            metrics += f", (+{e['metrics_left_out']} more)"
         cells = [
             f"`{e['run_id']}`",
             _notebook_label(e["notebook"]),
@@ -96,20 +126,22 @@ def render_table(entries: list[dict[str, Any]]) -> str:
             _git_label(e["git_commit"], e["git_dirty"]),
             status,
             format_duration(e["duration_s"]),
-            format_metrics(e["metrics"]),
+            KEPT_LABELS.get(tuple(e.get("kept") or ()), "runs/"),
+            metrics,
         ]
         lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_index(path: Path | None = None, runs_dir: Path | None = None) -> Path:
-    """Regenerate the index file atomically, keeping its ``## Notes`` section verbatim.
+def write_index(path: Path | None = None, runs_dir: Path | None = None, archive_dir: Path | None = None) -> Path:
+    """Regenerate the index file atomically from ``runs/`` and ``experiments/``, keeping ``## Notes`` verbatim.
 
     A new file gets a placeholder Notes section. An existing file with neither a Notes section
     nor the generated-table marker is refused rather than overwritten: it was written by hand.
     """
     path = Path(path or default_index_path())
     root = Path(runs_dir or paths.runs_dir())
+    archive_root = Path(archive_dir or archive.archive_dir())
     notes = DEFAULT_NOTES
     if path.exists():
         old = path.read_text()
@@ -121,18 +153,34 @@ def write_index(path: Path | None = None, runs_dir: Path | None = None) -> Path:
                 f"{path} has no '{NOTES_HEADING}' section and no generated table: refusing to overwrite "
                 f"hand-written text; move it under a '{NOTES_HEADING}' heading first"
             )
-    entries = build_index(root)
-    counts = {s: sum(e["status"] == s for e in entries) for s in ("completed", "failed", "running")}
-    header = (
-        "# Experiments index\n\n"
-        f"{BEGIN}\n\n"
-        f"Generated from `{_display(root)}`: {len(entries)} runs ({counts['completed']} completed, "
-        f"{counts['failed']} failed, {counts['running']} running or killed), newest first. Key metrics "
-        f"are up to {MAX_METRICS} numeric values of each run's `metrics.json`, 4 significant digits.\n\n"
-    )
-    text = header + render_table(entries) + f"\n{END}\n\n" + notes
+    entries = build_index(root, archive_root)
+    text = "# Experiments index\n\n" + f"{BEGIN}\n\n" + _summary(entries, root, archive_root)
+    text += render_table(entries) + f"\n{END}\n\n" + notes
     atomic.write_text(path, text)
     return path
+
+
+def _summary(entries: list[dict[str, Any]], root: Path, archive_root: Path) -> str:
+    """The generated paragraph above the table: sources, counts, and the lost runs by name."""
+    count = {s: sum(e["status"] == s for e in entries) for s in ("completed", "failed", "running")}
+    archived = sum("archive" in e["kept"] for e in entries)
+    lost = [e["run_id"] for e in entries if e["lost"]]
+    text = (
+        f"Generated from `{_display(root)}` (run folders on this machine, not in git) and "
+        f"`{_display(archive_root, archive.ARCHIVE_ENV_VAR)}` (light records kept in git by `ctlib archive`): "
+        f"{len(entries)} runs ({count['completed']} completed, {count['failed']} failed, {count['running']} "
+        f"running or killed; {archived} archived, {len(lost)} lost), newest first. Key metrics are up to "
+        f"{MAX_METRICS} numeric values of each run's `metrics.json`, 4 significant digits.\n\n"
+    )
+    if lost:
+        text += (
+            f"Lost runs ({len(lost)}, **lost** in 'Kept in'): their run folders exist nowhere any more; "
+            "`experiments/<run_id>/` keeps only a record rebuilt from an earlier version of this table "
+            "(status, duration, git commit, the key metrics shown then): "
+            + ", ".join(f"`{run_id}`" for run_id in lost)
+            + ".\n\n"
+        )
+    return text
 
 
 def format_metrics(metrics: dict[str, Any], limit: int = MAX_METRICS) -> str:
@@ -185,8 +233,76 @@ def _escape(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _display(root: Path) -> str:
+def _display(root: Path, env_var: str = paths.RUNS_ENV_VAR) -> str:
     try:
         return root.resolve().relative_to(paths.repo_root()).as_posix() + "/"
     except ValueError:
-        return f"${paths.RUNS_ENV_VAR} ({root.name}/)"
+        return f"${env_var} ({root.name}/)"
+
+
+# --------------------------------------------------------------------------- reading a table back
+_DURATION = re.compile(r"^(?:(\d+) h )?(?:(\d+) min)?(?: ?(\d+(?:\.\d+)?) s)?$")
+_MORE = re.compile(r"^\(\+(\d+) more\)$")
+
+
+def parse_table(text: str) -> list[dict[str, Any]]:
+    """The rows of a generated table (this version's or the earlier one without 'Kept in'), as facts.
+
+    The inverse of :func:`render_table` as far as the table shows them: the Git cell gives an 8-digit
+    commit prefix, durations are rounded, metrics have 4 significant digits and only the first
+    :data:`MAX_METRICS` are there (``metrics_left_out`` counts the rest). Used to keep the runs of an
+    earlier index whose folders are lost (``ctlib.runs.archive.write_lost_record``).
+    """
+    rows, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("|") or line.startswith("| ---"):
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if header is None:
+            header = cells
+            continue
+        row = dict(zip(header, cells, strict=True))
+        status, _, error = row["Status"].partition(": ")
+        commit, _, dirty = row["Git"].partition("-")
+        metrics, left_out = {}, 0
+        for item in filter(None, row["Key metrics"].split(", ")):
+            more = _MORE.match(item)
+            if more:
+                left_out = int(more.group(1))
+                continue
+            name, _, value = item.partition("=")
+            metrics[name] = _parse_number(value)
+        rows.append(
+            {
+                "run_id": row["Run"].strip("`"),
+                "notebook": None if row["Notebook"] == "(interactive)" else f"notebooks/{row['Notebook']}.ipynb",
+                "parameter_set": None if row["Set"] == "defaults" else row["Set"],
+                "git_commit": None if row["Git"] == "no git" else commit,
+                "git_dirty": None if row["Git"] == "no git" else dirty == "dirty",
+                "status": status,
+                "error": error or None,
+                "duration_s": parse_duration(row["Duration"]),
+                "metrics": metrics,
+                "metrics_left_out": left_out,
+            }
+        )
+    return rows
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of a :func:`format_duration` text (to its rounding); ``None`` for an empty cell."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + (float(seconds) if seconds else 0.0)
+
+
+def _parse_number(value: str) -> float | int | str:
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value

@@ -181,8 +181,8 @@ def test_same_seed_same_output_and_seeds_differ():
 
 
 def test_two_samples_give_the_unbiased_std_of_the_draws():
-    """Sample 0 of a K-sample run is the 1-sample run (same seed), so with K = 2 the draws are x0 = the 1-sample
-    mean and x1 = 2 * mean - x0, whose unbiased std (ddof = 1) is |x0 - x1| / sqrt(2) = sqrt(2) |x0 - mean|."""
+    """Sample 0 of a K-sample run is the 1-sample run (same seed), so with K = 2 the draws are
+    x0 = the 1-sample mean and x1 = 2 * mean - x0, whose unbiased std (ddof = 1) is |x0 - x1| / sqrt(2)."""
     pair = _thick(n_thick=4)
     interp = tiny_interpolator()
     one = pipeline.interpolate_volume(pair.thick, interp, samples=1, **FAST)

@@ -104,7 +104,9 @@ def summary(steps: Sequence[StepRun], chain_length: int = len(DEMO_CHAIN)) -> st
 def data_lines(steps: Sequence[StepRun]) -> list[str]:
     """Which data the chain read, from the preprocessing run's parameters."""
     pre = next((s for s in steps if s.step.endswith("preprocess")), None)
-    params = pre.params if pre else {}
+    if pre is None:
+        return ["Data: not recorded (no preprocessing run among these runs)."]
+    params = pre.params
     if params.get("data_root", "embedded") != "embedded":
         return [f"Data: {params['data_root']} (preprocessing run {pre.record.run_id})."]
     size = params.get("max_inplane_size")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from diffusers.schedulers import scheduling_ddim as diffusers_ddim  # the reference: dev extra, never skipped
 from torch import nn
 
 from ctlib.diffusion import losses, sample_statistics, samplers, schedules
@@ -84,7 +85,6 @@ def test_ddim_timesteps_match_monai_and_diffusers(n):
     ref.set_timesteps(n)
     ours = samplers.ddim_timesteps(1000, n)
     assert torch.equal(ours, ref.timesteps) and ours[0] == 999 and ours[-1] == 0
-    diffusers_ddim = pytest.importorskip("diffusers.schedulers.scheduling_ddim")
     for spacing in ("linspace", "leading", "trailing"):
         d = diffusers_ddim.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
         d.set_timesteps(n)
@@ -111,7 +111,6 @@ DIFFUSERS_PRED = {"epsilon": "epsilon", "v": "v_prediction", "x0": "sample"}
 def test_ddim_loop_equals_diffusers_where_its_previous_timestep_matches_the_list(kind, spacing):
     """diffusers computes the previous timestep as t - T // N, which equals the list's next entry for
     'leading' and 'trailing' spacing: there the whole eta = 0 chain must agree."""
-    diffusers_ddim = pytest.importorskip("diffusers.schedulers.scheduling_ddim")
     ref = diffusers_ddim.DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="scaled_linear",
@@ -136,7 +135,6 @@ def test_ddim_loop_equals_diffusers_where_its_previous_timestep_matches_the_list
 
 @pytest.mark.parametrize("t", [999, 500, 20])
 def test_one_stochastic_clipped_ddim_step_equals_diffusers(t):
-    diffusers_ddim = pytest.importorskip("diffusers.schedulers.scheduling_ddim")
     ref = diffusers_ddim.DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="linear",

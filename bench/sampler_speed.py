@@ -38,6 +38,7 @@ from timing import interleaved_times  # noqa: E402  (bench/timing.py)
 
 from ctlib import atomic, paths, provenance  # noqa: E402
 from ctlib.diffusion import samplers, schedules  # noqa: E402
+from ctlib.diffusion.denoiser import Denoiser  # noqa: E402
 
 GOAL_RATIO = 1.05
 PACKAGES = ("torch", "monai", "numpy")
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     scheduler = DDIMScheduler(num_train_timesteps=1000, schedule="linear_beta", clip_sample=False)
     scheduler.set_timesteps(args.steps)
     inferer = DiffusionInferer(scheduler)
+    denoiser = Denoiser(unet, "epsilon", schedule, cond=cond)
 
     def ours() -> torch.Tensor:
-        return samplers.ddim(unet, LATENT, cond, schedule, prediction="epsilon", num_steps=args.steps, x_T=noise)
+        return samplers.ddim(denoiser, LATENT, num_steps=args.steps, x_T=noise)
 
     def monai() -> torch.Tensor:
         with torch.no_grad():

@@ -37,7 +37,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from ctlib import atomic, paths, provenance, runs  # noqa: E402
 from ctlib.data import body_mask, cache, windows  # noqa: E402
 from ctlib.metrics import image_quality  # noqa: E402
-from ctlib.models import vae as vae_module  # noqa: E402
+from ctlib.models import slice_codec  # noqa: E402
 from ctlib.studies.interp import bundle, datasets, evaluation, regression  # noqa: E402
 
 GOAL_MARGIN_DB = 2.0
@@ -55,8 +55,8 @@ def held_out_volumes(preprocess_run_id: str, split: str, max_openkbp: int) -> li
 
 def vae_reconstruction(interpolator: bundle.Interpolator, volume, chunk: int) -> dict[str, float]:
     """PSNR (both windows) of the VAE's reconstruction of every thin slice, inside the body."""
-    recon = vae_module.reconstruct_hu(interpolator.vae, volume.array, interpolator.window,
-                                      scale_factor=interpolator.scale_factor, chunk=chunk)
+    codec = slice_codec.SliceCodec(interpolator.vae, interpolator.window, interpolator.scale_factor, chunk=chunk)
+    recon = codec.reconstruct(volume.array)
     mask = body_mask.body_mask(volume)
     return {f"vae_psnr_{tag}_db": image_quality.psnr_hu(recon, volume.array, low_hu=w.low, high_hu=w.high, mask=mask)
             for tag, w in (("full", windows.FULL), ("soft", windows.SOFT_TISSUE))}

@@ -8,6 +8,7 @@ from torch import nn
 
 from ctlib.diffusion import losses, schedules
 from ctlib.diffusion import parameterization as P
+from ctlib.diffusion.denoiser import Denoiser
 
 
 class Recorder(nn.Module):
@@ -86,7 +87,7 @@ def test_loss_equals_manual_computation(kind):
     x0, cond = torch.randn(3, 2, 2, 4, 4, generator=gen), torch.randn(3, 1, 2, 4, 4, generator=gen)
     t, noise = torch.tensor([0, 42, 99]), torch.randn(3, 2, 2, 4, 4, generator=gen)
     loss, info = losses.diffusion_loss(
-        model, x0, cond, s, prediction=kind, min_snr_gamma=5.0, timesteps=t, noise=noise
+        Denoiser(model, kind, s, cond=cond), x0, min_snr_gamma=5.0, timesteps=t, noise=noise
     )
     x_t = P.q_sample(x0, t, noise, s)
     target = {"epsilon": noise, "v": P.velocity(x0, noise, t, s), "x0": x0}[kind]
@@ -103,12 +104,8 @@ def test_loss_is_reproducible_with_a_generator_and_unweighted_by_default():
     torch.manual_seed(0)
     model = ConvDenoiser(1, 1)
     x0 = torch.randn(4, 1, 2, 4, 4)
-    a, info_a = losses.diffusion_loss(
-        model, x0, None, s, prediction="v", generator=torch.Generator().manual_seed(7)
-    )
-    b, info_b = losses.diffusion_loss(
-        model, x0, None, s, prediction="v", generator=torch.Generator().manual_seed(7)
-    )
+    a, info_a = losses.diffusion_loss(Denoiser(model, "v", s), x0, generator=torch.Generator().manual_seed(7))
+    b, info_b = losses.diffusion_loss(Denoiser(model, "v", s), x0, generator=torch.Generator().manual_seed(7))
     assert a.item() == b.item() and torch.equal(info_a["t"], info_b["t"])
     assert torch.equal(info_a["weight"], torch.ones(4, dtype=torch.float64))
 
@@ -120,7 +117,7 @@ def test_training_timesteps_are_raw_integers_covering_0_to_T_minus_1():
     x0, cond = torch.randn(64, 1, 1, 2, 2), torch.randn(64, 1, 1, 2, 2)
     gen = torch.Generator().manual_seed(0)
     for _ in range(4):
-        losses.diffusion_loss(model, x0, cond, s, prediction="epsilon", generator=gen)
+        losses.diffusion_loss(Denoiser(model, "epsilon", s, cond=cond), x0, generator=gen)
     seen = torch.cat(model.timesteps)
     assert all(ts.dtype == torch.long and ts.shape == (64,) for ts in model.timesteps)
     assert seen.min().item() == 0 and seen.max().item() == T - 1  # uniform over the whole range
@@ -144,7 +141,7 @@ def test_monai_unet_trains_through_the_loss():
     s = schedules.make_schedule("scaled_linear")
     x0, cond = torch.randn(2, 4, 2, 4, 4), torch.randn(2, 4, 2, 4, 4)  # latents and thick-slice latents
     loss, _ = losses.diffusion_loss(
-        model, x0, cond, s, prediction="v", min_snr_gamma=5.0, generator=torch.Generator().manual_seed(0)
+        Denoiser(model, "v", s, cond=cond), x0, min_snr_gamma=5.0, generator=torch.Generator().manual_seed(0)
     )
     loss.backward()
     assert torch.isfinite(loss) and model.channels == [8]
@@ -152,10 +149,3 @@ def test_monai_unet_trains_through_the_loss():
         model.timesteps[0].dtype == torch.long
         and 0 <= model.timesteps[0].min() <= model.timesteps[0].max() <= 999
     )
-
-
-def test_unet_call_checks_condition_shape():
-    with pytest.raises(ValueError, match="concatenated along dim 1"):
-        losses.unet_call(
-            lambda x, t: x, torch.zeros(2, 1, 2, 4, 4), torch.zeros(2), torch.zeros(2, 1, 3, 4, 4)
-        )

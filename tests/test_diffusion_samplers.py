@@ -12,6 +12,7 @@ from torch import nn
 
 from ctlib.diffusion import losses, sample_statistics, samplers, schedules
 from ctlib.diffusion import parameterization as P
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.schedules import NoiseSchedule
 
 MU, SIGMA = 0.3, 0.5  # the analytic data distribution: x0 ~ N(MU, SIGMA^2) per voxel
@@ -129,7 +130,7 @@ def test_ddim_loop_equals_diffusers_where_its_previous_timestep_matches_the_list
     x = x_T.clone()
     for t in ref.timesteps.tolist():
         x = ref.step(model(x, torch.full((2,), t)), t, x).prev_sample
-    ours = samplers.ddim(model, x_T.shape, None, s, prediction=kind, num_steps=10, x_T=x_T, spacing=spacing)
+    ours = samplers.ddim(Denoiser(model, kind, s), x_T.shape, num_steps=10, x_T=x_T, spacing=spacing)
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
@@ -235,15 +236,12 @@ def test_ddim_with_eta_one_on_consecutive_steps_is_the_ddpm_posterior():
 
 def test_ddim_with_eta_zero_is_deterministic():
     s = schedules.make_schedule("linear")
-    model = gaussian_denoiser(s, "v")
+    model = Denoiser(gaussian_denoiser(s, "v"), "v", s)
     x_T = torch.randn(2, 1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     runs = [
         samplers.ddim(
             model,
             x_T.shape,
-            None,
-            s,
-            prediction="v",
             num_steps=20,
             x_T=x_T,
             generator=torch.Generator().manual_seed(seed),
@@ -255,9 +253,6 @@ def test_ddim_with_eta_zero_is_deterministic():
         samplers.ddim(
             model,
             x_T.shape,
-            None,
-            s,
-            prediction="v",
             num_steps=20,
             x_T=x_T,
             eta=1.0,
@@ -275,11 +270,8 @@ def test_every_sampler_draws_from_the_gaussian_data_distribution(name):
     sampler = samplers.get_sampler(name)
     num_steps = s.num_train_timesteps if name == "ddpm" else 100
     x = sampler(
-        gaussian_denoiser(s, "epsilon"),
+        Denoiser(gaussian_denoiser(s, "epsilon"), "epsilon", s),
         (4, 1, 4, 8, 8),
-        None,
-        s,
-        prediction="epsilon",
         num_steps=num_steps,
         generator=torch.Generator().manual_seed(0),
     )
@@ -290,7 +282,7 @@ def test_every_sampler_draws_from_the_gaussian_data_distribution(name):
 def test_ddpm_refuses_fewer_steps_than_training_timesteps():
     s = schedules.make_schedule("linear")
     with pytest.raises(ValueError, match=r"T=1000.*got 50.*consecutive timesteps.*'ddim'"):
-        samplers.ddpm(gaussian_denoiser(s), (1, 1, 2, 2, 2), None, s, prediction="epsilon", num_steps=50)
+        samplers.ddpm(Denoiser(gaussian_denoiser(s), "epsilon", s), (1, 1, 2, 2, 2), num_steps=50)
 
 
 def test_get_sampler_names_the_registered_samplers():
@@ -315,11 +307,8 @@ def test_samplers_give_the_model_the_training_timestep_scale(name, num_steps, kw
     cond = torch.zeros(3, 1, 2, 2, 2)
     calls = []
     samplers.get_sampler(name)(
-        lambda x, t: model(x[:, :1], t),
+        Denoiser(lambda x, t: model(x[:, :1], t), "v", s, cond=cond),
         (3, 1, 2, 2, 2),
-        cond,
-        s,
-        prediction="v",
         num_steps=num_steps,
         generator=torch.Generator().manual_seed(0),
         callback=lambda i, t, x_t, x0: calls.append((i, t)),
@@ -336,7 +325,7 @@ def test_samplers_give_the_model_the_training_timestep_scale(name, num_steps, kw
     )
     assert [t for _, t in calls] == expected
     inverted = Recorder(gaussian_denoiser(s, "v"))
-    samplers.ddim_invert(inverted, torch.zeros(3, 1, 2, 2, 2), None, s, prediction="v", num_steps=7)
+    samplers.ddim_invert(Denoiser(inverted, "v", s), torch.zeros(3, 1, 2, 2, 2), num_steps=7)
     assert all(ts.dtype == torch.long and 0 <= ts.min() and ts.max() <= T - 1 for ts in inverted.timesteps)
 
 
@@ -350,11 +339,8 @@ def test_clip_x0_none_leaves_latents_unclipped(name):
     def run(clip):
         seen = []
         samplers.get_sampler(name)(
-            constant_x0,
+            Denoiser(constant_x0, "x0", s),
             (1, 1, 2, 2, 2),
-            None,
-            s,
-            prediction="x0",
             num_steps=20,
             clip_x0=clip,
             generator=torch.Generator().manual_seed(0),
@@ -376,14 +362,14 @@ def test_ddim_inversion_round_trip_with_the_exact_gaussian_denoiser(kind):
     """Invert then sample returns x0; the error is first order in the step (measured 5.1e-2 at 100
     steps and 5.0e-3 at 1000 steps, linear schedule)."""
     s = schedules.make_schedule("linear")
-    model = gaussian_denoiser(s, kind)
+    model = Denoiser(gaussian_denoiser(s, kind), kind, s)
     x0 = MU + SIGMA * torch.randn(
         2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64
     )
     errors = {}
     for n in (100, 1000):
-        x_T = samplers.ddim_invert(model, x0, None, s, prediction=kind, num_steps=n)
-        x_rec = samplers.ddim(model, x0.shape, None, s, prediction=kind, num_steps=n, x_T=x_T)
+        x_T = samplers.ddim_invert(model, x0, num_steps=n)
+        x_rec = samplers.ddim(model, x0.shape, num_steps=n, x_T=x_T)
         errors[n] = (x_rec - x0).abs().max().item()
     assert x_T.std().item() == pytest.approx(1.0, abs=0.1)  # lands on the prior N(0, I)
     assert errors[100] < 0.1 and errors[1000] < 0.01
@@ -396,8 +382,9 @@ def test_ddim_inversion_round_trip_with_a_tiny_random_net():
     s = schedules.make_schedule("linear")
     gen = torch.Generator().manual_seed(1)
     x0, cond = 0.5 * torch.randn(1, 1, 4, 8, 8, generator=gen), torch.randn(1, 1, 4, 8, 8, generator=gen)
-    x_T = samplers.ddim_invert(net, x0, cond, s, prediction="v", num_steps=200)
-    x_rec = samplers.ddim(net, x0.shape, cond, s, prediction="v", num_steps=200, x_T=x_T)
+    denoiser = Denoiser(net, "v", s, cond=cond)
+    x_T = samplers.ddim_invert(denoiser, x0, num_steps=200)
+    x_rec = samplers.ddim(denoiser, x0.shape, num_steps=200, x_T=x_T)
     assert (x_rec - x0).abs().max().item() < 0.05  # measured ~1e-2
 
 
@@ -409,13 +396,14 @@ def test_ddim_inversion_round_trip_with_a_tiny_random_net():
 def test_sample_k_merges_batches_exactly_and_repeats_the_condition_per_draw():
     cond = torch.arange(2, dtype=torch.float32).view(2, 1, 1, 1, 1).expand(2, 1, 2, 2, 2)
 
-    def stub(model_fn, shape, c, schedule, *, generator=None, **kwargs):
-        assert torch.equal(c, cond.repeat(shape[0] // 2, 1, 1, 1, 1))  # draws stacked as (m b)
-        return torch.randn(shape, generator=generator) + c
+    def stub(denoiser, shape, *, generator=None, **kwargs):
+        assert torch.equal(denoiser.cond, cond.repeat(shape[0] // 2, 1, 1, 1, 1))  # draws stacked as (m b)
+        return torch.randn(shape, generator=generator) + denoiser.cond
 
     s = schedules.make_schedule("linear", num_train_timesteps=10)
+    denoiser = Denoiser(lambda x, t: x, "epsilon", s, cond=cond)
     mean, std = sample_statistics.sample_k(
-        stub, None, (2, 1, 2, 2, 2), cond, s, k=5, batch_size=2, generator=torch.Generator().manual_seed(0)
+        stub, denoiser, (2, 1, 2, 2, 2), k=5, batch_size=2, generator=torch.Generator().manual_seed(0)
     )
     replay = torch.Generator().manual_seed(0)
     draws = torch.cat([torch.randn((m * 2, 1, 2, 2, 2), generator=replay) for m in (2, 2, 1)])
@@ -423,21 +411,18 @@ def test_sample_k_merges_batches_exactly_and_repeats_the_condition_per_draw():
     torch.testing.assert_close(mean, draws.mean(0), rtol=0, atol=1e-6)
     torch.testing.assert_close(std, draws.std(0), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="x_T"):
-        sample_statistics.sample_k(stub, None, (2, 1, 2, 2, 2), cond, s, k=2, x_T=torch.zeros(2, 1, 2, 2, 2))
+        sample_statistics.sample_k(stub, denoiser, (2, 1, 2, 2, 2), k=2, x_T=torch.zeros(2, 1, 2, 2, 2))
 
 
 def test_sample_k_uncertainty_of_ddim_matches_the_data_spread():
     s = schedules.make_schedule("linear")
     mean, std = sample_statistics.sample_k(
         "ddim",
-        gaussian_denoiser(s, "v"),
+        Denoiser(gaussian_denoiser(s, "v"), "v", s),
         (1, 1, 2, 4, 4),
-        None,
-        s,
         k=64,
         batch_size=16,
         generator=torch.Generator().manual_seed(0),
-        prediction="v",
         num_steps=50,
     )
     assert mean.shape == std.shape == (1, 1, 2, 4, 4)
@@ -479,7 +464,7 @@ def test_tiny_model_overfits_one_phantom_and_ddim_recovers_it():
     history = []
     for _ in range(steps):
         loss, _ = losses.diffusion_loss(
-            net, batch, cond_batch, s, prediction="v", min_snr_gamma=5.0, generator=gen
+            Denoiser(net, "v", s, cond=cond_batch), batch, min_snr_gamma=5.0, generator=gen
         )
         opt.zero_grad()
         loss.backward()
@@ -491,11 +476,8 @@ def test_tiny_model_overfits_one_phantom_and_ddim_recovers_it():
 
     net.eval()
     sample = samplers.ddim(
-        net,
+        Denoiser(net, "v", s, cond=cond.repeat(2, 1, 1, 1, 1)),
         (2, 1, 4, 8, 8),
-        cond.repeat(2, 1, 1, 1, 1),
-        s,
-        prediction="v",
         num_steps=20,
         generator=torch.Generator().manual_seed(1),
     )
@@ -503,11 +485,8 @@ def test_tiny_model_overfits_one_phantom_and_ddim_recovers_it():
     assert _psnr(sample, target) > _psnr(cond, target) + 5.0
     # Negative control: sampling with the wrong parameterization fails badly.
     wrong = samplers.ddim(
-        net,
+        Denoiser(net, "epsilon", s, cond=cond.repeat(2, 1, 1, 1, 1)),
         (2, 1, 4, 8, 8),
-        cond.repeat(2, 1, 1, 1, 1),
-        s,
-        prediction="epsilon",
         num_steps=20,
         generator=torch.Generator().manual_seed(1),
     )
@@ -516,5 +495,6 @@ def test_tiny_model_overfits_one_phantom_and_ddim_recovers_it():
     with torch.no_grad():
         t = torch.full((2,), 300)
         x_t = P.q_sample(target.repeat(2, 1, 1, 1, 1), t, torch.randn(2, 1, 4, 8, 8, generator=gen), s)
-        x0, _ = P.predict_x0_eps("v", losses.unet_call(net, x_t, t, cond.repeat(2, 1, 1, 1, 1)), x_t, t, s)
+        out = Denoiser(net, "v", s, cond=cond.repeat(2, 1, 1, 1, 1))(x_t, t)
+        x0, _ = P.predict_x0_eps("v", out, x_t, t, s)
     assert _psnr(x0, target) > 20.0

@@ -37,7 +37,7 @@ def test_config_round_trip_and_refusals():
 def test_encode_decode_shapes_give_8x_and_4_channels(tiny_vae, shape):
     x = torch.rand(shape) * 2 - 1
     z = vae_module.encode_slices(tiny_vae, x, 1.0, chunk=4)
-    assert vae_module.downsampling_factor(TINY) == 8
+    assert vae_module.downsampling_factor(TINY) == vae_module.downsampling_factor(tiny_vae) == 8
     expected = (*shape[:-4], 4, shape[-3], shape[-2] // 8, shape[-1] // 8) if len(shape) == 5 else (4, shape[1], 4, 6)
     assert tuple(z.shape) == expected
     y = vae_module.decode_slices(tiny_vae, z, 1.0, chunk=3)
@@ -155,15 +155,3 @@ def test_pad_inplane_edge_pads_the_far_ends_only():
     np.testing.assert_array_equal(padded[:, :5, :3], a)
     np.testing.assert_array_equal(padded[:, 7, :3], a[:, 4, :])
     assert vae_module.pad_inplane(padded, 4) is padded
-
-
-def test_reconstruct_hu_crops_back_and_stays_in_the_window(tiny_vae):
-    rng = np.random.default_rng(0)
-    hu = rng.uniform(-1000, 1500, size=(3, 20, 28)).astype(np.float32)
-    out = vae_module.reconstruct_hu(tiny_vae, hu, windows.FULL, scale_factor=0.7, chunk=2)
-    assert out.shape == hu.shape and out.dtype == np.float32
-    assert windows.FULL.low <= out.min() and out.max() <= windows.FULL.high
-    x = torch.from_numpy(vae_module.pad_inplane(windows.normalize(hu, windows.FULL), 8))[:, None, None]
-    manual = vae_module.decode_slices(tiny_vae, vae_module.encode_slices(tiny_vae, x, 0.7), 0.7)
-    expected = windows.denormalize(manual[:, 0, 0, :20, :28].numpy(), windows.FULL, clip=True)
-    np.testing.assert_allclose(out, expected, atol=0.05)  # HU; chunking changes float rounding

@@ -1,35 +1,16 @@
 """Denoising training loss (Ho et al. 2020) for eps / v / x0 prediction, with optional min-SNR-gamma
-weighting (Hang et al. 2023), and the one convention for calling the denoiser."""
+weighting (Hang et al. 2023), computed through the denoiser adapter (``ctlib.diffusion.denoiser``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ctlib.diffusion import parameterization
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.parameterization import Prediction
-from ctlib.diffusion.schedules import NoiseSchedule, snr
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def unet_call(model: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    """Call the denoiser as ``model(cat([x_t, cond], dim=1), t)``: channel-concatenated conditioning
-    and raw integer timesteps ``t`` of shape (B,). Works for MONAI's ``DiffusionModelUNet``
-    (``forward(x, timesteps)``) and any callable ``(x, timesteps) -> out``; ``cond=None`` is unconditional.
-    x_t: (B, C, D, H, W); cond: (B, C_cond, D, H, W); returns (B, C, D, H, W)."""
-    if cond is not None:
-        if cond.shape[0] != x_t.shape[0] or cond.shape[2:] != x_t.shape[2:]:
-            raise ValueError(
-                f"unet_call: condition shape {tuple(cond.shape)} does not match x_t {tuple(x_t.shape)} "
-                "outside the channel axis (it is concatenated along dim 1)"
-            )
-        x = torch.cat([x_t, cond.to(dtype=x_t.dtype)], dim=1)
-    else:
-        x = x_t
-    return model(x, t)
+from ctlib.diffusion.schedules import snr
 
 
 def min_snr_weight(snr_t: torch.Tensor, *, gamma: float, kind: Prediction) -> torch.Tensor:
@@ -55,12 +36,9 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: torc
 
 
 def diffusion_loss(
-    model: Denoiser,
+    denoiser: Denoiser,
     x0: torch.Tensor,
-    cond: torch.Tensor | None,
-    schedule: NoiseSchedule,
     *,
-    prediction: Prediction,
     min_snr_gamma: float | None = None,
     generator: torch.Generator | None = None,
     timesteps: torch.Tensor | None = None,
@@ -71,12 +49,13 @@ def diffusion_loss(
 
     Draws ``t ~ U{0, ..., T-1}`` (raw integer timesteps, the scale the sampler uses too) and
     ``eps ~ N(0, I)`` unless given, forms ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps``, and returns
-    the batch mean of per-sample ``weight * mean((model(x_t, t | cond) - target)^2)``.
+    the batch mean of per-sample ``weight * mean((denoiser(x_t, t) - target)^2)``; the target follows
+    the denoiser's prediction and schedule, and its condition (if any) is the batch's.
 
-    x0: (B, C, D, H, W); cond: (B, C_cond, D, H, W) or None. Returns ``(loss, info)`` with ``info``
+    x0: (B, C, D, H, W). Returns ``(loss, info)`` with ``info``
     holding the detached ``t``, ``snr``, ``weight`` and ``per_sample`` loss, each of shape (B,).
     """
-    parameterization.check_prediction(prediction)
+    schedule, prediction = denoiser.schedule, denoiser.prediction
     batch = x0.shape[0]
     T = schedule.num_train_timesteps
     if timesteps is None:
@@ -90,7 +69,7 @@ def diffusion_loss(
 
     x_t = parameterization.q_sample(x0, t, noise, schedule)
     target = parameterization.training_target(prediction, x0, noise, t, schedule)
-    out = unet_call(model, x_t, t, cond)
+    out = denoiser(x_t, t)
     if out.shape != target.shape:
         raise ValueError(f"diffusion_loss: model output {tuple(out.shape)} != target {tuple(target.shape)}")
 

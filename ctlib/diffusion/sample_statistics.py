@@ -5,19 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 
-from ctlib.diffusion.losses import Denoiser
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.samplers import Sampler, get_sampler
-from ctlib.diffusion.schedules import NoiseSchedule
 
 
 def sample_k(
     sampler: Sampler | str,
-    model_fn: Denoiser,
+    denoiser: Denoiser,
     shape: tuple[int, ...],
-    cond: torch.Tensor | None,
-    schedule: NoiseSchedule,
     *,
     k: int,
     batch_size: int | None = None,
@@ -28,10 +25,10 @@ def sample_k(
 
     ``shape`` is ``(B, C, D, H, W)`` for one draw of the B inputs; the k draws run as batches of
     ``batch_size`` draws (default: all k at once), each a sampler call on ``(m * B, C, D, H, W)`` with
-    ``cond`` repeated m times. The draws differ only through ``generator``: with a deterministic
+    the denoiser's condition repeated m times (``Denoiser.repeated``). The draws differ only through ``generator``: with a deterministic
     sampler (DDIM, eta = 0) the spread comes from x_T. Statistics are accumulated in float64 with
     Chan et al.'s pairwise update; the std is unbiased (k - 1 in the denominator), zero for k = 1.
-    ``sampler_kwargs`` go to the sampler (``prediction``, ``num_steps``, ``eta``, ...).
+    ``sampler_kwargs`` go to the sampler (``num_steps``, ``eta``, ...).
     Returns ``(mean, std)``, each ``(B, C, D, H, W)`` in the sampler's output dtype.
     """
     if isinstance(sampler, str):
@@ -52,10 +49,7 @@ def sample_k(
     out_dtype = None
     for start in range(0, k, batch_size):
         m = min(batch_size, k - start)
-        cond_m = None if cond is None else repeat(cond, "b ... -> (m b) ...", m=m)
-        draws = sampler(
-            model_fn, (m * B, *shape[1:]), cond_m, schedule, generator=generator, **sampler_kwargs
-        )
+        draws = sampler(denoiser.repeated(m), (m * B, *shape[1:]), generator=generator, **sampler_kwargs)
         out_dtype = draws.dtype
         draws = rearrange(draws.double(), "(m b) ... -> m b ...", m=m)
         # Chan et al. 1979: merge (count, mean, M2) of the running set with those of this batch.

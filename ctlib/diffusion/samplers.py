@@ -1,11 +1,11 @@
 """Samplers of the reverse process, all with one signature, in a registry (``SAMPLERS``)::
 
-    sampler(model_fn, shape, cond, schedule, *, prediction, num_steps,
+    sampler(denoiser, shape, *, num_steps,
             generator=None, eta=0.0, x_T=None, clip_x0=None, callback=None) -> x_0  (B, C, D, H, W)
 
-``model_fn`` is the denoiser, called as ``model_fn(cat([x_t, cond], 1), t)`` with raw integer
-timesteps ``t`` (B,) in ``0 .. T-1`` (see ``losses.unet_call``); ``callback(step_index, t, x_t,
-x0_pred)`` sees every step. Put the model in eval mode first; sampling runs under ``torch.no_grad``.
+``denoiser`` is a ``ctlib.diffusion.denoiser.Denoiser``: the network with its prediction, schedule and
+condition, called as ``denoiser(x_t, t)`` with raw integer timesteps ``t`` (B,) in ``0 .. T-1``; the
+samplers know nothing of conditioning. ``callback(step_index, t, x_t, x0_pred)`` sees every step. Put the model in eval mode first; sampling runs under ``torch.no_grad``.
 Noise is drawn on the generator's device, so a seed gives the same sample on CPU and GPU.
 
 Notes on MONAI 1.6 (checked in tests/test_diffusion_samplers.py):
@@ -30,7 +30,7 @@ from typing import Literal, Protocol, get_args
 import torch
 
 from ctlib.diffusion import parameterization
-from ctlib.diffusion.losses import Denoiser, unet_call
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.parameterization import Prediction
 from ctlib.diffusion.schedules import NoiseSchedule
 
@@ -43,12 +43,9 @@ class Sampler(Protocol):
 
     def __call__(
         self,
-        model_fn: Denoiser,
+        denoiser: Denoiser,
         shape: tuple[int, ...],
-        cond: torch.Tensor | None,
-        schedule: NoiseSchedule,
         *,
-        prediction: Prediction,
         num_steps: int,
         generator: torch.Generator | None = None,
         eta: float = 0.0,
@@ -170,26 +167,18 @@ def ddim_step(
 
 
 def _start(
-    model_fn: Denoiser,
+    denoiser: Denoiser,
     shape: tuple[int, ...],
-    cond: torch.Tensor | None,
     x_T: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """x_T ~ N(0, I) of ``shape`` on the device of cond / x_T / the model (CPU otherwise), or a copy of x_T."""
+    """x_T ~ N(0, I) of ``shape`` where the denoiser places it (``Denoiser.placement``), or a copy of x_T."""
     shape = tuple(shape)
     if x_T is not None:
         if tuple(x_T.shape) != shape:
             raise ValueError(f"sampler: x_T has shape {tuple(x_T.shape)}, expected {shape}")
         return x_T.clone()
-    if cond is not None:
-        device, dtype = cond.device, cond.dtype
-    elif isinstance(model_fn, torch.nn.Module) and any(True for _ in model_fn.parameters()):
-        p = next(model_fn.parameters())
-        device, dtype = p.device, p.dtype
-    else:
-        device, dtype = torch.device("cpu"), torch.float32
-    return _randn(shape, generator, device, dtype)
+    return _randn(shape, generator, *denoiser.placement())
 
 
 def _randn(
@@ -206,12 +195,9 @@ def _t_batch(t: int, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ddpm(
-    model_fn: Denoiser,
+    denoiser: Denoiser,
     shape: tuple[int, ...],
-    cond: torch.Tensor | None,
-    schedule: NoiseSchedule,
     *,
-    prediction: Prediction,
     num_steps: int,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
@@ -220,7 +206,7 @@ def ddpm(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, algorithm 2); ``eta`` is unused (always stochastic)."""
-    parameterization.check_prediction(prediction)
+    schedule, prediction = denoiser.schedule, denoiser.prediction
     T = schedule.num_train_timesteps
     if num_steps != T:
         raise ValueError(
@@ -229,9 +215,9 @@ def ddpm(
             "respaced schedule. Use 'ddim' instead (eta=1.0 gives the DDPM-like stochastic sampler on "
             "a timestep subsequence)."
         )
-    x = _start(model_fn, shape, cond, x_T, generator)
+    x = _start(denoiser, shape, x_T, generator)
     for i, t in enumerate(range(T - 1, -1, -1)):
-        out = unet_call(model_fn, x, _t_batch(t, x), cond)
+        out = denoiser(x, _t_batch(t, x))
         noise = _randn(tuple(x.shape), generator, x.device, x.dtype) if t > 0 else None
         x_prev, x0 = ddpm_step(out, x, t, schedule, prediction=prediction, noise=noise, clip_x0=clip_x0)
         if callback is not None:
@@ -242,12 +228,9 @@ def ddpm(
 
 @torch.no_grad()
 def ddim(
-    model_fn: Denoiser,
+    denoiser: Denoiser,
     shape: tuple[int, ...],
-    cond: torch.Tensor | None,
-    schedule: NoiseSchedule,
     *,
-    prediction: Prediction,
     num_steps: int,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
@@ -262,12 +245,12 @@ def ddim(
     spacing=spacing)``, and the last step goes to alpha_bar = 1 (returns x0_pred when eta = 0).
     With eta > 0 noise is drawn at every step (the last one's sigma is 0), as diffusers does.
     """
-    parameterization.check_prediction(prediction)
+    schedule, prediction = denoiser.schedule, denoiser.prediction
     ts = ddim_timesteps(schedule.num_train_timesteps, num_steps, spacing=spacing).tolist()
     prevs = ts[1:] + [-1]
-    x = _start(model_fn, shape, cond, x_T, generator)
+    x = _start(denoiser, shape, x_T, generator)
     for i, (t, t_prev) in enumerate(zip(ts, prevs, strict=True)):
-        out = unet_call(model_fn, x, _t_batch(t, x), cond)
+        out = denoiser(x, _t_batch(t, x))
         noise = _randn(tuple(x.shape), generator, x.device, x.dtype) if eta > 0 else None
         x_prev, x0 = ddim_step(
             out, x, t, t_prev, schedule, prediction=prediction, eta=eta, noise=noise, clip_x0=clip_x0
@@ -280,12 +263,9 @@ def ddim(
 
 @torch.no_grad()
 def ddim_invert(
-    model_fn: Denoiser,
+    denoiser: Denoiser,
     x0: torch.Tensor,
-    cond: torch.Tensor | None,
-    schedule: NoiseSchedule,
     *,
-    prediction: Prediction,
     num_steps: int,
     spacing: Spacing = "linspace",
     callback: Callback | None = None,
@@ -299,13 +279,12 @@ def ddim_invert(
     x_{tau_i} = a_i x0_hat + s_i eps. The error vanishes as num_steps grows; no clipping.
     x0: (B, C, D, H, W); returns x_T of the same shape.
     """
-    parameterization.check_prediction(prediction)
+    schedule = denoiser.schedule
     ts = ddim_timesteps(schedule.num_train_timesteps, num_steps, spacing=spacing).flip(0).tolist()
     prevs = [-1] + ts[:-1]
     x = x0.clone()
     for i, (t_prev, t) in enumerate(zip(prevs, ts, strict=True)):
-        out = unet_call(model_fn, x, _t_batch(t, x), cond)
-        _, eps = parameterization.predict_x0_eps(prediction, out, x, t, schedule, None)
+        _, eps = denoiser.x0_eps(x, t)
         abar_prev = _alpha_bar(schedule, t_prev)
         abar_t = _alpha_bar(schedule, t)
         x0_hat = (x - (1.0 - abar_prev) ** 0.5 * eps) / abar_prev**0.5
@@ -328,5 +307,5 @@ def get_sampler(name: str) -> Sampler:
     except KeyError:
         raise ValueError(
             f"get_sampler: unknown sampler {name!r}; registered: {sorted(SAMPLERS)} "
-            "(every one takes (model_fn, shape, cond, schedule, *, prediction, num_steps, ...))"
+            "(every one takes (denoiser, shape, *, num_steps, ...))"
         ) from None

@@ -28,7 +28,6 @@ from torch import nn
 from torch.func import functional_call
 
 from ctlib.config import ConfigDict
-from ctlib.data.windows import HUWindow, denormalize, normalize
 
 AdversarialKind = Literal["hinge", "lsgan"]
 ADVERSARIAL_KINDS: tuple[str, ...] = get_args(AdversarialKind)
@@ -64,9 +63,10 @@ class VAEConfig(ConfigDict):
             raise ValueError(f"VAEConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, not {bad}")
 
 
-def downsampling_factor(config: VAEConfig) -> int:
-    """In-plane compression of the VAE: ``2**(levels - 1)``."""
-    return 2 ** (len(config.channels) - 1)
+def downsampling_factor(vae: VAEConfig | AutoencoderKL) -> int:
+    """In-plane compression of the VAE, from its config or the built model: ``2**(levels - 1)``."""
+    channels = vae.channels if isinstance(vae, VAEConfig) else vae.encoder.channels
+    return 2 ** (len(channels) - 1)
 
 
 def build_vae(config: VAEConfig) -> AutoencoderKL:
@@ -131,7 +131,7 @@ def encode_slices(
     """
     x, unbatched = _as_batched(volume, "encode_slices")
     batch, _, depth, height, width = x.shape
-    factor = 2 ** (len(vae.encoder.channels) - 1)
+    factor = downsampling_factor(vae)
     if height % factor or width % factor:
         raise ValueError(f"encode_slices: H and W must be multiples of {factor}, got H={height}, W={width}")
     device = _device_of(vae)
@@ -177,21 +177,6 @@ def pad_inplane(array: np.ndarray, multiple: int) -> np.ndarray:
     if pad_y == pad_x == 0:
         return array
     return np.pad(array, [(0, 0)] * (array.ndim - 2) + [(0, pad_y), (0, pad_x)], mode="edge")
-
-
-def reconstruct_hu(
-    vae: AutoencoderKL, hu: np.ndarray, window: HUWindow, *, scale_factor: float = 1.0, chunk: int = 16
-) -> np.ndarray:
-    """Encode and decode ``(n, y, x)`` HU slices (posterior mean): the VAE's reconstruction, HU clipped to ``window``.
-
-    Slices are edge-padded to a multiple of the VAE's factor (as ``ctlib.studies.interp.pipeline`` does) and
-    cropped back.
-    """
-    factor = 2 ** (len(vae.encoder.channels) - 1)
-    x = torch.from_numpy(pad_inplane(normalize(np.asarray(hu, dtype=np.float32), window), factor))
-    z = encode_slices(vae, x[:, None, None], scale_factor, chunk=chunk)  # n one-slice volumes
-    out = decode_slices(vae, z, scale_factor, chunk=chunk, out_device="cpu")
-    return denormalize(out[:, 0, 0, : hu.shape[1], : hu.shape[2]].float().numpy(), window, clip=True)
 
 
 def latent_scale_factor(vae: AutoencoderKL, batches: Iterable[torch.Tensor], *, chunk: int = 16) -> float:

@@ -6,7 +6,7 @@ channel) conditioned by channel concatenation on the network inputs of ``ctlib.s
 SDFs, possible-dose mask) and, with ``constraint_channels``, on the constraint vector broadcast as
 ``K`` constant channels (each entry divided by its scale, as the U-Net's FiLM input). Training and
 sampling reuse ``ctlib.diffusion`` (schedules, eps / v / x0 targets, min-SNR-gamma weighting, the
-sampler registry) and the depth padding of ``ctlib.diffusion.denoiser``; the U-Net
+sampler registry) through the denoiser adapter of ``ctlib.diffusion.denoiser``; the U-Net
 sees raw timesteps 0..T-1 in both. Sampling clips x0 to [-1, 1] at every step.
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ctlib.diffusion import losses, samplers, spec
-from ctlib.diffusion.denoiser import denoiser
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.parameterization import Prediction
 
 
@@ -80,18 +80,16 @@ class DoseDiffusion(nn.Module):
         planes = planes[:, :, None, None, None].expand(-1, -1, *inputs.shape[2:])
         return torch.cat([inputs, planes], dim=1)
 
-    def denoiser(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The sampler's ``model_fn(cat([x_t, cond], 1), t)`` (depth padded for the U-Net and cropped back)."""
-        return denoiser(self.unet, self.depth_multiple)
+    def denoiser(self, cond: torch.Tensor | None = None) -> Denoiser:
+        """The U-Net adapted for the samplers: the spec's prediction and schedule, depth padding, ``cond``."""
+        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
+        return Denoiser(self.unet, prediction, self.schedule, cond=cond, depth_multiple=self.depth_multiple)
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Diffusion loss (min-SNR weighted if the spec says so) of a ``DosePatchDataset`` batch."""
         x0 = dose_to_unit(batch["dose"].float(), self.spec.dose_scale_gy)
         cond = self.condition(batch["inputs"].float(), batch["constraints"])
-        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
-        loss, info = losses.diffusion_loss(
-            self.denoiser(), x0, cond, self.schedule, prediction=prediction, min_snr_gamma=self.spec.min_snr_gamma,
-        )
+        loss, info = losses.diffusion_loss(self.denoiser(cond), x0, min_snr_gamma=self.spec.min_snr_gamma)
         return loss, {"mean_t": info["t"].float().mean()}
 
     def sampler(
@@ -110,7 +108,6 @@ class DoseDiffusion(nn.Module):
         volumes: windows are sampled one after the other from the same generator.
         """
         sample = samplers.get_sampler(name)
-        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
 
         def dose_model(inputs: torch.Tensor, constraints: torch.Tensor) -> torch.Tensor:
             was_training = self.training
@@ -118,8 +115,8 @@ class DoseDiffusion(nn.Module):
             try:
                 cond = self.condition(inputs.float(), constraints)
                 x = sample(
-                    self.denoiser(), (inputs.shape[0], 1, *inputs.shape[2:]), cond, self.schedule,
-                    prediction=prediction, num_steps=num_steps, generator=generator, eta=eta, clip_x0=(-1.0, 1.0),
+                    self.denoiser(cond), (inputs.shape[0], 1, *inputs.shape[2:]),
+                    num_steps=num_steps, generator=generator, eta=eta, clip_x0=(-1.0, 1.0),
                 )
             finally:
                 self.train(was_training)

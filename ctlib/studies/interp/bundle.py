@@ -49,8 +49,8 @@ class Interpolator:
 
     @property
     def vae_factor(self) -> int:
-        """In-plane downsampling of the VAE, ``2**(levels - 1)``."""
-        return 2 ** (len(self.vae.encoder.channels) - 1)
+        """In-plane downsampling of the VAE (``vae.downsampling_factor``)."""
+        return vae_module.downsampling_factor(self.vae)
 
     @property
     def inplane_multiple(self) -> int:

@@ -4,7 +4,7 @@ The frozen 2D VAE encodes every axial slice; the target is the latent stack of t
 the condition is the latent stack of the linear z-interpolation of the thick slices on the thin grid
 (the thick slices "placed on the thin grid"), concatenated on channels. Latents are multiplied by the
 VAE's scale factor so they have about unit variance. The U-Net sees raw timesteps 0..T-1 both in
-training (``LatentDiffusionLoss``) and sampling (``denoiser``).
+training and sampling (both through ``LatentDiffusionLoss.denoiser``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ctlib.diffusion import losses, spec
-from ctlib.diffusion.denoiser import denoiser  # noqa: F401  (re-exported for the pipeline)
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.parameterization import Prediction
 from ctlib.models import vae as vae_module
 
@@ -62,19 +62,16 @@ class LatentDiffusionLoss(nn.Module):
         self.schedule = spec.noise_schedule()
         self.depth_multiple = int(depth_multiple)
 
+    def denoiser(self, cond: torch.Tensor | None = None) -> Denoiser:
+        """The U-Net adapted for the samplers: the spec's prediction and schedule, depth padding, ``cond``."""
+        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
+        return Denoiser(self.unet, prediction, self.schedule, cond=cond, depth_multiple=self.depth_multiple)
+
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Encode the batch, draw t and noise, and return the (min-SNR weighted) loss."""
         device = next(self.unet.parameters()).device
         self._vae.to(device)
         tensors = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim == 5}
         x0, cond = encode_pair(self._vae, tensors, self.scale_factor)
-        prediction: Prediction = self.spec.prediction  # type: ignore[assignment]
-        loss, info = losses.diffusion_loss(
-            denoiser(self.unet, self.depth_multiple),
-            x0,
-            cond,
-            self.schedule,
-            prediction=prediction,
-            min_snr_gamma=self.spec.min_snr_gamma,
-        )
+        loss, info = losses.diffusion_loss(self.denoiser(cond), x0, min_snr_gamma=self.spec.min_snr_gamma)
         return loss, {"loss": loss.detach(), "mean_t": info["t"].float().mean()}

@@ -26,20 +26,21 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctlib.data import body_mask, windows
+from ctlib.data import body_mask
 from ctlib.diffusion import samplers
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.io.volume import Volume
-from ctlib.models import vae as vae_module
+from ctlib.models.slice_codec import SliceCodec
 from ctlib.studies.interp import scoring as interpolation
 from ctlib.studies.interp import thick_slices
 from ctlib.studies.interp.bundle import Interpolator
-from ctlib.studies.interp.latent_diffusion import denoiser
 
 Consistency = Literal["auto", "slab", "decimate"]
 DEFAULT_WINDOW_DEPTH = 48  # thin slices per z-window, rounded up to the U-Net's depth multiple
@@ -169,147 +170,176 @@ def _consistency_blocks(thick: Volume, thin: Volume, factor: int, mode: Consiste
 
 
 # ---------------------------------------------------------------------------------- pipeline
+@dataclasses.dataclass(frozen=True)
+class InterpolationOptions:
+    """How ``interpolate_volume`` samples: sampler, z-windows, data consistency, seeds, memory, precision."""
+
+    factor: int | None = None  # thin slices per thick slice; None: the model's training factor
+    sampler: str = "ddim"  # a name in ctlib.diffusion.samplers.SAMPLERS
+    steps: int = 20  # denoising steps
+    eta: float = 0.0  # 0: deterministic DDIM; 1: DDPM-like
+    samples: int = 1  # draws averaged; 2 or more also give the std map
+    window_depth: int | None = None  # thin slices per z-window (default 48), rounded up to the U-Net's multiple
+    overlap: int | None = None  # thin slices shared by neighbouring windows (default a quarter of the window)
+    data_consistency: bool = True  # project every draw onto the observed thick slices
+    consistency: Consistency = "auto"  # "auto": the mode recorded by simulate_thick, else "slab"
+    seed: int = 0  # the same seed gives the same output
+    progress: bool = True  # a progress bar over the z-windows
+    chunk: int = 16  # slices per VAE call
+    return_raw: bool = False  # also keep the mean before data consistency
+    bf16: bool = False  # bfloat16 autocast for the networks (the sampler's arithmetic stays float32)
+
+
 def default_window_depth(depth_multiple: int, window_depth: int | None = None) -> int:
     """``window_depth`` (default 48) rounded up to a multiple of the U-Net's depth multiple."""
     depth = DEFAULT_WINDOW_DEPTH if not window_depth else int(window_depth)
     return max(1, math.ceil(depth / depth_multiple)) * depth_multiple
 
 
-@torch.no_grad()
-def interpolate_volume(
-    thick: Volume,
-    interpolator: Interpolator,
-    *,
-    factor: int | None = None,
-    sampler: str = "ddim",
-    steps: int = 20,
-    eta: float = 0.0,
-    samples: int = 1,
-    window_depth: int | None = None,
-    overlap: int | None = None,
-    data_consistency: bool = True,
-    consistency: Consistency = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    chunk: int = 16,
-    return_raw: bool = False,
-    bf16: bool = False,
-) -> InterpolationResult:
-    """Latent-diffusion slice interpolation of a thick volume ``(n_thick, y, x)`` -> ``(n_thick * factor, y, x)``.
-
-    ``factor`` defaults to the model's training factor. ``sampler`` names an entry of
-    ``ctlib.diffusion.samplers.SAMPLERS`` run with ``steps`` and ``eta``. ``window_depth`` (thin slices,
-    default 48, rounded up to the U-Net's depth multiple) and ``overlap`` (default a quarter of the
-    window) set the z-windows. ``consistency="auto"`` takes the thick-slice mode recorded by
-    ``simulate_thick`` or else ``"slab"``. The same ``seed`` gives the same output. ``bf16`` runs the
-    networks under bfloat16 autocast (the sampler's arithmetic stays float32).
-    """
-    t_start = time.perf_counter()
-    factor = interpolator.spec.factor if factor is None else factor
+def _checked_factor(thick: Volume, interpolator: Interpolator, options: InterpolationOptions) -> int:
+    """The z-upsampling factor, after refusing arguments the pipeline cannot run with."""
+    factor = interpolator.spec.factor if options.factor is None else options.factor
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
         raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
     if thick.shape[0] < 2:
         raise ValueError(f"need at least 2 thick slices to interpolate between, got {thick.shape[0]}")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    sample_fn = samplers.get_sampler(sampler)
+    if not isinstance(options.samples, int) or options.samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {options.samples!r}")
+    samplers.get_sampler(options.sampler)  # ValueError naming the registered samplers
+    return factor
+
+
+def sample_latents(
+    denoiser: Denoiser,
+    cond: torch.Tensor,
+    spans: list[tuple[int, int]],
+    weights: list[np.ndarray],
+    options: InterpolationOptions,
+    sample: int,
+    on_window: Callable[[], object] = lambda: None,
+) -> torch.Tensor:
+    """One draw of the latent stack ``(1, C, n_thin, h, w)``: every z-window sampled, blended with its weights.
+
+    Window i starts from ``position_noise`` (slice z depends on ``(seed, sample, z)`` only) and draws
+    its per-step noise from a generator seeded by ``(seed, sample, i)``; it is conditioned on its
+    part of ``cond`` ``(1, C, n_thin, h, w)``.
+    """
+    sample_fn = samplers.get_sampler(options.sampler)
+    plane = (cond.shape[1], *cond.shape[3:])  # x_t has the VAE's latent channels, like the condition
+    latents = torch.zeros((1, plane[0], cond.shape[2], *plane[1:]), device=cond.device)
+    for i, ((start, stop), w) in enumerate(zip(spans, weights, strict=True)):
+        x_T = position_noise(plane, (start, stop), seed=options.seed, sample=sample).to(cond.device)[None]
+        generator = torch.Generator().manual_seed(_seed(options.seed, sample, i, 1))
+        x0 = sample_fn(denoiser.conditioned(cond[:, :, start:stop]), tuple(x_T.shape), num_steps=options.steps,
+                       generator=generator, eta=options.eta, x_T=x_T)
+        ramp = torch.as_tensor(w, dtype=torch.float32, device=cond.device)[None, None, :, None, None]
+        latents[:, :, start:stop] += x0.float() * ramp
+        on_window()
+    return latents
+
+
+def _running_mean(mean: np.ndarray | None, x: np.ndarray, count: int) -> np.ndarray:
+    """The mean of ``count`` arrays from the mean of the first ``count - 1`` and the last one, ``x``."""
+    return x if mean is None else mean + (x - mean) / count
+
+
+@dataclasses.dataclass
+class _Welford:
+    """Running per-voxel mean and sum of squared deviations M2 over the draws (Welford 1962)."""
+
+    count: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+
+    def add(self, x: np.ndarray) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean, self.m2 = x, np.zeros_like(x)
+            return
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+
+    def std(self) -> np.ndarray | None:
+        """Unbiased per-voxel standard deviation; None for a single draw."""
+        return None if self.count < 2 else np.sqrt(np.maximum(self.m2 / (self.count - 1), 0.0))
+
+
+def _on_thin_grid(linear: Volume, array: np.ndarray, meta: dict[str, Any]) -> Volume:
+    volume = linear.with_array(array.astype(np.float32))
+    volume.meta = meta
+    return volume
+
+
+@torch.no_grad()
+def interpolate_volume(
+    thick: Volume, interpolator: Interpolator, options: InterpolationOptions | None = None, **overrides: Any
+) -> InterpolationResult:
+    """Latent-diffusion slice interpolation of a thick volume ``(n_thick, y, x)`` -> ``(n_thick * factor, y, x)``.
+
+    z-windows of the thin grid -> slice codec (linear estimate to condition latents) -> sampler per
+    window, blended -> slice codec back to HU -> data consistency, over ``samples`` draws.
+    ``options`` (``InterpolationOptions``) with any field overridden by keyword, e.g.
+    ``interpolate_volume(thick, interpolator, steps=10, samples=4)``.
+    """
+    t_start = time.perf_counter()
+    opts = dataclasses.replace(options or InterpolationOptions(), **overrides)
+    factor = _checked_factor(thick, interpolator, opts)
     n_thin = thick.shape[0] * factor
-    window = default_window_depth(interpolator.depth_multiple, window_depth)
-    overlap = window // 4 if overlap is None else int(overlap)
+    window = default_window_depth(interpolator.depth_multiple, opts.window_depth)
+    overlap = window // 4 if opts.overlap is None else int(opts.overlap)
     spans = window_spans(n_thin, window, overlap)
     weights = blend_weights(spans, n_thin)
 
-    # (a) the thin grid and the condition: the linear estimate, normalized, padded in-plane
-    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)
-    height, width = thick.shape[1:]
-    cond_image = vae_module.pad_inplane(windows.normalize(linear.array, interpolator.window), interpolator.inplane_multiple)
-    # (b) per-slice encoding, `chunk` slices per VAE call
     device = interpolator.device
-    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    with precision():
-        cond = vae_module.encode_slices(interpolator.vae, torch.from_numpy(cond_image)[None, None],
-                                        interpolator.scale_factor, chunk=chunk, out_device=device)
-    del cond_image
-    plane = (cond.shape[1], *cond.shape[3:])  # x_t has the VAE's latent channels, like the condition
+    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if opts.bf16 else contextlib.nullcontext
+    codec = SliceCodec(interpolator.vae, interpolator.window, interpolator.scale_factor, chunk=opts.chunk,
+                       multiple=interpolator.inplane_multiple, device=device, precision=precision)
+    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)  # the thin grid and the condition
+    cond = codec.encode(linear.array)[None]
+    denoiser = Denoiser(interpolator.unet, interpolator.spec.prediction, interpolator.spec.noise_schedule(),
+                        depth_multiple=interpolator.depth_multiple, precision=precision)
+    blocks, mode = _consistency_blocks(thick, linear, factor, opts.consistency)
 
-    blocks, mode = _consistency_blocks(thick, linear, factor, consistency)
-    mask = body_mask.body_mask(thick.array)
-    unet_fn = denoiser(interpolator.unet, interpolator.depth_multiple)
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with precision():
-            return unet_fn(x, t).float()
-
-    schedule = interpolator.spec.noise_schedule()
-    mean = m2 = raw_mean = before_mean = None
-    sampling_s = 0.0
-    bar = tqdm(total=samples * len(spans), desc="z-windows", unit="window", disable=not progress)
-    for k in range(samples):
-        # (c) overlapping z-windows, blended with ramps that sum to 1
+    draws, raw_mean, before_mean, sampling_s = _Welford(), None, None, 0.0
+    bar = tqdm(total=opts.samples * len(spans), desc="z-windows", unit="window", disable=not opts.progress)
+    for k in range(opts.samples):
         t0 = time.perf_counter()
-        latents = torch.zeros((1, *plane[:1], n_thin, *plane[1:]), device=device)
-        for i, ((start, stop), w) in enumerate(zip(spans, weights, strict=True)):
-            x_T = position_noise(plane, (start, stop), seed=seed, sample=k).to(device)[None]
-            generator = torch.Generator().manual_seed(_seed(seed, k, i, 1))
-            x0 = sample_fn(model_fn, tuple(x_T.shape), cond[:, :, start:stop], schedule,
-                           prediction=interpolator.spec.prediction, num_steps=steps, generator=generator,
-                           eta=eta, x_T=x_T)
-            latents[:, :, start:stop] += x0.float() * torch.as_tensor(w, dtype=torch.float32, device=device)[
-                None, None, :, None, None]
-            bar.update(1)
+        latents = sample_latents(denoiser, cond, spans, weights, opts, k, on_window=lambda: bar.update(1))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         sampling_s += time.perf_counter() - t0
-        # (d) per-slice decoding, back to HU, cropped to the input's in-plane size
-        with precision():
-            image = vae_module.decode_slices(interpolator.vae, latents, interpolator.scale_factor, chunk=chunk,
-                                             out_device="cpu")
-        hu = windows.denormalize(image[0, 0, :, :height, :width].numpy(), interpolator.window)
-        del latents, image
-        if return_raw:
-            raw_mean = hu.copy() if raw_mean is None else raw_mean + (hu - raw_mean) / (k + 1)
-        before_k = block_means(hu, blocks)
-        before_mean = before_k if k == 0 else before_mean + (before_k - before_mean) / (k + 1)
-        if data_consistency:  # (e)
+        hu = codec.decode(latents[0], thick.shape[1:])
+        del latents
+        if opts.return_raw:
+            raw_mean = _running_mean(raw_mean, hu.copy(), k + 1)
+        before_mean = _running_mean(before_mean, block_means(hu, blocks), k + 1)
+        if opts.data_consistency:
             project_consistent(hu, thick.array, blocks)
-        # (f) running mean and M2 (Welford 1962)
-        if mean is None:
-            mean, m2 = hu, np.zeros_like(hu)
-        else:
-            delta = hu - mean
-            mean += delta / (k + 1)
-            m2 += delta * (hu - mean)
+        draws.add(hu)
     bar.close()
 
+    mask = body_mask.body_mask(thick.array)
     before = interpolation.mean_abs_residual_hu(before_mean, thick.array, mask)
-    after = interpolation.mean_abs_residual_hu(block_means(mean, blocks), thick.array, mask) if data_consistency else before
+    after = (interpolation.mean_abs_residual_hu(block_means(draws.mean, blocks), thick.array, mask)
+             if opts.data_consistency else before)
     settings = {
-        "factor": factor, "sampler": sampler, "steps": steps, "eta": eta, "samples": samples, "window_depth": window,
-        "overlap": overlap, "data_consistency": data_consistency, "consistency": mode, "seed": seed, "chunk": chunk,
-        "bf16": bf16,
+        "factor": factor, "sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "samples": opts.samples,
+        "window_depth": window, "overlap": overlap, "data_consistency": opts.data_consistency, "consistency": mode,
+        "seed": opts.seed, "chunk": opts.chunk, "bf16": opts.bf16,
         **interpolator.meta,
     }
     out_meta = {**linear.meta, "interpolated": {**settings, "method": "latent_diffusion"}}
     out_meta.pop("upsampled", None)
-    mean_volume = linear.with_array(mean.astype(np.float32))
-    mean_volume.meta = out_meta
-    std_volume = None
-    if samples > 1:
-        std_volume = linear.with_array(np.sqrt(np.maximum(m2 / (samples - 1), 0.0)).astype(np.float32))
-        std_volume.meta = {**out_meta, "map": "std_hu"}
-    raw_volume = None
-    if raw_mean is not None:
-        raw_volume = linear.with_array(raw_mean.astype(np.float32))
-        raw_volume.meta = {**out_meta, "data_consistency": False}
+    std = draws.std()
     return InterpolationResult(
-        mean=mean_volume,
-        std=std_volume,
-        raw=raw_volume,
+        mean=_on_thin_grid(linear, draws.mean, out_meta),
+        std=None if std is None else _on_thin_grid(linear, std, {**out_meta, "map": "std_hu"}),
+        raw=None if raw_mean is None else _on_thin_grid(linear, raw_mean, {**out_meta, "data_consistency": False}),
         residual_before_hu=before,
         residual_after_hu=after,
         seconds=time.perf_counter() - t_start,
-        seconds_per_step=sampling_s / (samples * steps),
+        seconds_per_step=sampling_s / (opts.samples * opts.steps),
         windows=spans,
         settings=settings,
     )
-

@@ -10,6 +10,7 @@ For nbval, the session first builds every upstream default run once (see below).
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -29,7 +30,8 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 # every notebook upstream of a collected one gets its default run once per session, before any cell runs
 # (papermill, no time limit, each after its own upstreams): cells only read completed runs, and the session's
 # time grows with the number of notebooks, not with a chain's depth. Default runs are deterministic, so the
-# checked outputs are those a cell-started upstream run gave.
+# checked outputs are those a cell-started upstream run gave. A collected notebook whose default run this
+# session built is not executed a second time: nbval compares that run's outputs (same sanitizing, same tags).
 
 # nbval waits 5 s for each output message of a cell after the cell replied; a loaded machine can take longer
 # to deliver them, and a pass must not depend on that. A cell's own limit is --nbval-cell-timeout (Makefile).
@@ -64,6 +66,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         os.environ[paths.RUNS_ENV_VAR] = tempfile.mkdtemp(prefix="ctlib-nbval-runs-")
     report = session.config.pluginmanager.get_plugin("terminalreporter")
     write = report.write_line if report else print
+    built: dict[Path, Path] = {}
     for notebook in chain.upstream_order(notebooks):
         if runs.latest_run(notebook_stem(notebook)):
             continue
@@ -72,4 +75,41 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         # A failed upstream run fails the notebooks that read it: their cells start it again and show why.
         write(f"upstream default run {result.run_id}: {result.status} in {time.perf_counter() - t0:.0f} s"
               + (f" ({result.error})" if result.error else ""))
+        if result.status == "completed":
+            built[notebook] = result.run_dir / notebook.name
     write(f"upstream runs in {paths.runs_dir()}")
+    for item in session.items:
+        executed = built.get(Path(str(item.path)))
+        if executed is not None and hasattr(item, "cell"):
+            _check_against_run(item, executed)
+
+
+def _check_against_run(item: pytest.Item, executed_notebook: Path) -> None:
+    """Make an nbval cell compare the outputs of the same cell (by id) in an executed notebook instead of
+    running it; the notebook's kernel is then not started."""
+    import nbformat
+    from nbval.plugin import coalesce_streams
+
+    cells = {c.get("id"): c for c in nbformat.read(executed_notebook, as_version=4).cells}
+    notebook = item.parent
+    notebook.setup = notebook.setup_sanitize_files  # sanitize patterns, no kernel
+
+    def runtest() -> None:
+        if item.options["skip"]:
+            pytest.skip()
+        cell = cells.get(item.cell.get("id"))
+        if cell is None:
+            item.raise_cell_error(f"no cell with id {item.cell.get('id')!r} in {executed_notebook}")
+        outs = copy.deepcopy(cell.outputs)
+        errors = [o for o in outs if o.output_type == "error"]
+        if errors and not item.options["check_exception"]:
+            item.raise_cell_error("Cell execution caused an exception", "\n".join(errors[0].traceback))
+        unrun = item.cell.execution_count is None
+        if unrun and item.cell.outputs:
+            item.raise_cell_error("Unrun reference cell has outputs")
+        reference = coalesce_streams(copy.deepcopy(item.cell.outputs))
+        if item.options["check"] and not unrun:
+            if not item.compare_outputs(coalesce_streams(outs), reference):
+                item.raise_cell_error("Cell outputs differ", "\n".join(item.comparison_traceback))
+
+    item.runtest = runtest

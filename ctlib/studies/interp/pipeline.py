@@ -5,13 +5,14 @@ Steps (Rombach et al. 2022 with a 3D denoiser over per-slice 2D latents):
 1. Thin grid: ``n_thin = n_thick * factor`` slices, thin slices centred within each thick slab
    (``thick_slices.upsample_z``); the linear z-interpolation, window-normalized and padded in-plane to
    a multiple of the VAE and U-Net factors, is the condition.
-2. The condition is VAE-encoded slice by slice, ``chunk`` slices per call.
-3. Latents are sampled in overlapping z-windows of ``window_depth`` thin slices, each conditioned on
-   its part of the condition, and blended with linear ramps in the overlaps (weights sum to 1).
+2. The condition is VAE-encoded slice by slice, ``chunk`` slices per call (``SliceCodec``).
+3. Latents are sampled (the U-Net adapted once as a ``Denoiser``) in overlapping z-windows of
+   ``window_depth`` thin slices, each conditioned on its part of the condition, and blended with
+   linear ramps in the overlaps (weights sum to 1).
    The starting noise of latent slice z is a function of ``(seed, sample, z)`` only, so every window
    that covers z starts from the same noise and the result hardly depends on the window layout; the
    per-step noise (eta > 0) is seeded by ``(seed, sample, window)``.
-4. Latents are decoded slice by slice (``chunk`` per call) and mapped back to HU.
+4. Latents are decoded slice by slice (``chunk`` per call) and mapped back to HU (``SliceCodec``).
 5. Data consistency (optional): each slab of thin slices is shifted per pixel so that its mean equals
    the observed thick slice (``slab``), or the observed slices are set (``decimate``).
 6. ``samples`` draws give the per-voxel mean and standard deviation (uncertainty) in HU.

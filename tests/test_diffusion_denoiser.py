@@ -34,7 +34,8 @@ def test_condition_is_concatenated_and_depth_padded_then_cropped():
     out = Denoiser(spy, "epsilon", SCHEDULE, cond=cond, depth_multiple=4)(x_t, torch.tensor([1, 2]))
     assert spy.shapes == [(2, 4, 8, 2, 2)]  # 1 + 3 channels, depth 5 padded to 8
     assert out.shape == x_t.shape and out.dtype == x_t.dtype  # cropped back, float32 again
-    expected = (x_t.double() * 2 + torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None, None, None]).float()
+    t_plane = torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None, None, None, None]
+    expected = (x_t.double() * 2 + t_plane).float()
     torch.testing.assert_close(out, expected)
 
 

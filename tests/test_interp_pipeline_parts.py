@@ -22,7 +22,8 @@ def test_options_and_keyword_overrides_give_the_same_volume():
     np.testing.assert_array_equal(by_options.std.array, by_keywords.std.array)
     assert by_options.settings == by_keywords.settings and by_options.settings["seed"] == 5
     overridden = pipeline.interpolate_volume(pair.thick, interp, options, seed=6)
-    assert overridden.settings["seed"] == 6 and not np.array_equal(overridden.mean.array, by_options.mean.array)
+    assert overridden.settings["seed"] == 6
+    assert not np.array_equal(overridden.mean.array, by_options.mean.array)
     with pytest.raises(TypeError, match="num_steps"):
         pipeline.interpolate_volume(pair.thick, interp, num_steps=2)
 

@@ -1,4 +1,4 @@
-"""The slice codec: HU <-> scaled latents through a per-slice 2D VAE, padding, window, chunking (tiny VAE, CPU)."""
+"""The slice codec: HU <-> scaled latents through a per-slice 2D VAE; padding, window, chunking (tiny VAE)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_encode_pads_to_the_multiple_scales_and_decode_crops(tiny_vae):
     hu = _hu()
     codec = slice_codec.SliceCodec(tiny_vae, windows.FULL, 0.5, multiple=16)
     z = codec.encode(hu)
-    assert codec.factor == 8 and z.shape == (TINY.latent_channels, 3, 4, 4)  # 20 x 28 padded to 32 x 32, then /8
+    assert codec.factor == 8 and z.shape == (TINY.latent_channels, 3, 4, 4)  # 20 x 28 -> 32 x 32 -> / 8
     unscaled = slice_codec.SliceCodec(tiny_vae, windows.FULL, 1.0, multiple=16).encode(hu)
     torch.testing.assert_close(z, 0.5 * unscaled)
     torch.testing.assert_close(codec.encode_normalized(torch.from_numpy(codec.to_network(hu))[None]), z)

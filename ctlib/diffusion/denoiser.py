@@ -53,7 +53,7 @@ class Denoiser:
         parameterization.check_prediction(self.prediction)
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's output for ``x_t`` ``(B, C, D, H, W)`` at raw timesteps ``t`` ``(B,)``, like ``x_t``."""
+        """The network's output for ``x_t`` ``(B, C, D, H, W)`` at raw timesteps ``t`` ``(B,)``, like x_t."""
         x = self._with_condition(x_t)
         padded, pad = latent_unet.pad_depth(x, self.depth_multiple)
         with self.precision():
@@ -74,7 +74,7 @@ class Denoiser:
     def x0_eps(
         self, x_t: torch.Tensor, t: int, clip_x0: tuple[float, float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0_pred, eps_pred)`` at one raw timestep ``t`` for every sample (Ho et al. 2020; Salimans & Ho 2022)."""
+        """``(x0_pred, eps_pred)`` at one raw timestep ``t`` (Ho et al. 2020; Salimans & Ho 2022)."""
         out = self(x_t, torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device))
         return parameterization.predict_x0_eps(self.prediction, out, x_t, t, self.schedule, clip_x0)
 
@@ -89,7 +89,7 @@ class Denoiser:
         return self.conditioned(repeat(self.cond, "b ... -> (m b) ...", m=m))
 
     def placement(self) -> tuple[torch.device, torch.dtype]:
-        """Device and dtype of a starting noise: the condition's, else the network's parameters', else CPU float32."""
+        """Device and dtype of a starting noise: the condition's, else the network's, else CPU float32."""
         if self.cond is not None:
             return self.cond.device, self.cond.dtype
         if isinstance(self.network, torch.nn.Module):

@@ -25,7 +25,8 @@ def sample_k(
 
     ``shape`` is ``(B, C, D, H, W)`` for one draw of the B inputs; the k draws run as batches of
     ``batch_size`` draws (default: all k at once), each a sampler call on ``(m * B, C, D, H, W)`` with
-    the denoiser's condition repeated m times (``Denoiser.repeated``). The draws differ only through ``generator``: with a deterministic
+    the denoiser's condition repeated m times (``Denoiser.repeated``). The draws differ only through
+    ``generator``: with a deterministic
     sampler (DDIM, eta = 0) the spread comes from x_T. Statistics are accumulated in float64 with
     Chan et al.'s pairwise update; the std is unbiased (k - 1 in the denominator), zero for k = 1.
     ``sampler_kwargs`` go to the sampler (``num_steps``, ``eta``, ...).

@@ -5,7 +5,8 @@
 
 ``denoiser`` is a ``ctlib.diffusion.denoiser.Denoiser``: the network with its prediction, schedule and
 condition, called as ``denoiser(x_t, t)`` with raw integer timesteps ``t`` (B,) in ``0 .. T-1``; the
-samplers know nothing of conditioning. ``callback(step_index, t, x_t, x0_pred)`` sees every step. Put the model in eval mode first; sampling runs under ``torch.no_grad``.
+samplers know nothing of conditioning. ``callback(step_index, t, x_t, x0_pred)`` sees every step.
+Put the model in eval mode first; sampling runs under ``torch.no_grad``.
 Noise is drawn on the generator's device, so a seed gives the same sample on CPU and GPU.
 
 Notes on MONAI 1.6 (checked in tests/test_diffusion_samplers.py):

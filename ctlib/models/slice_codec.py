@@ -49,7 +49,9 @@ class SliceCodec:
         factor = self.factor
         self.multiple = factor if self.multiple is None else int(self.multiple)
         if self.multiple % factor:
-            raise ValueError(f"SliceCodec: multiple={self.multiple} must be a multiple of the VAE factor {factor}")
+            raise ValueError(
+                f"SliceCodec: multiple={self.multiple} must be a multiple of the VAE factor {factor}"
+            )
 
     @property
     def factor(self) -> int:
@@ -65,7 +67,7 @@ class SliceCodec:
         return self.encode_normalized(torch.from_numpy(self.to_network(hu))[None])
 
     def encode_normalized(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1], ``(B, 1, D, H, W)`` or ``(1, D, H, W)``, H and W multiples of ``f`` -> scaled latents."""
+        """Images in [-1, 1] ``(B, 1, D, H, W)`` or ``(1, D, H, W)`` (H, W multiples of f) -> latents."""
         with self.precision():
             return vae_module.encode_slices(self.vae, images, self.scale_factor, chunk=self.chunk,
                                             out_device=self.device)
@@ -84,7 +86,9 @@ class SliceCodec:
         ``clip`` clips to the window; without it values past [-1, 1] extrapolate beyond the window.
         """
         if latents.ndim != 4:
-            raise ValueError(f"SliceCodec.decode: expected latents (C, n, h, w), got shape {tuple(latents.shape)}")
+            raise ValueError(
+                f"SliceCodec.decode: expected latents (C, n, h, w), got shape {tuple(latents.shape)}"
+            )
         image = self.decode_normalized(latents)[0]
         if size is not None:
             image = image[:, : size[0], : size[1]]

@@ -104,8 +104,10 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def position_noise(shape: tuple[int, int, int], depth: tuple[int, int], *, seed: int, sample: int) -> torch.Tensor:
-    """Standard normal ``(C, stop - start, h, w)`` whose slice z depends only on ``(seed, sample, z)`` (CPU)."""
+def position_noise(
+    shape: tuple[int, int, int], depth: tuple[int, int], *, seed: int, sample: int
+) -> torch.Tensor:
+    """Standard normal ``(C, stop - start, h, w)``; slice z depends only on ``(seed, sample, z)`` (CPU)."""
     start, stop = depth
     slices = [torch.randn(shape, generator=torch.Generator().manual_seed(_seed(seed, sample, z)))
               for z in range(start, stop)]
@@ -113,8 +115,10 @@ def position_noise(shape: tuple[int, int, int], depth: tuple[int, int], *, seed:
 
 
 # -------------------------------------------------------------------------- data consistency
-def _thick_blocks(n_thin: int, n_thick: int, factor: int, thin_index0: float, mode: str, slab: int) -> list[np.ndarray]:
-    """Thin indices that thick slice k averages (``slab``) or coincides with (``decimate``), on the thin grid."""
+def _thick_blocks(
+    n_thin: int, n_thick: int, factor: int, thin_index0: float, mode: str, slab: int
+) -> list[np.ndarray]:
+    """Thin indices that thick slice k averages (``slab``) or coincides with (``decimate``)."""
     blocks = []
     for k in range(n_thick):
         centre = thin_index0 + k * factor
@@ -154,7 +158,9 @@ def project_consistent(thin_hu: np.ndarray, thick_hu: np.ndarray, blocks: list[n
     return thin_hu
 
 
-def _consistency_blocks(thick: Volume, thin: Volume, factor: int, mode: Consistency) -> tuple[list[np.ndarray], str]:
+def _consistency_blocks(
+    thick: Volume, thin: Volume, factor: int, mode: Consistency
+) -> tuple[list[np.ndarray], str]:
     """Blocks of the thin grid behind each thick slice; the thick centres are found from the geometry."""
     record = thick.meta.get(thick_slices.META_KEY) or {}
     if mode == "auto":
@@ -180,7 +186,7 @@ class InterpolationOptions:
     steps: int = 20  # denoising steps
     eta: float = 0.0  # 0: deterministic DDIM; 1: DDPM-like
     samples: int = 1  # draws averaged; 2 or more also give the std map
-    window_depth: int | None = None  # thin slices per z-window (default 48), rounded up to the U-Net's multiple
+    window_depth: int | None = None  # thin slices per z-window (default 48), rounded up to the U-Net's
     overlap: int | None = None  # thin slices shared by neighbouring windows (default a quarter of the window)
     data_consistency: bool = True  # project every draw onto the observed thick slices
     consistency: Consistency = "auto"  # "auto": the mode recorded by simulate_thick, else "slab"
@@ -219,7 +225,7 @@ def sample_latents(
     sample: int,
     on_window: Callable[[], object] = lambda: None,
 ) -> torch.Tensor:
-    """One draw of the latent stack ``(1, C, n_thin, h, w)``: every z-window sampled, blended with its weights.
+    """One draw of the latent stack ``(1, C, n_thin, h, w)``: every z-window sampled, blended by weight.
 
     Window i starts from ``position_noise`` (slice z depends on ``(seed, sample, z)`` only) and draws
     its per-step noise from a generator seeded by ``(seed, sample, i)``; it is conditioned on its
@@ -231,8 +237,8 @@ def sample_latents(
     for i, ((start, stop), w) in enumerate(zip(spans, weights, strict=True)):
         x_T = position_noise(plane, (start, stop), seed=options.seed, sample=sample).to(cond.device)[None]
         generator = torch.Generator().manual_seed(_seed(options.seed, sample, i, 1))
-        x0 = sample_fn(denoiser.conditioned(cond[:, :, start:stop]), tuple(x_T.shape), num_steps=options.steps,
-                       generator=generator, eta=options.eta, x_T=x_T)
+        x0 = sample_fn(denoiser.conditioned(cond[:, :, start:stop]), tuple(x_T.shape),
+                       num_steps=options.steps, generator=generator, eta=options.eta, x_T=x_T)
         ramp = torch.as_tensor(w, dtype=torch.float32, device=cond.device)[None, None, :, None, None]
         latents[:, :, start:stop] += x0.float() * ramp
         on_window()
@@ -276,7 +282,7 @@ def _on_thin_grid(linear: Volume, array: np.ndarray, meta: dict[str, Any]) -> Vo
 def interpolate_volume(
     thick: Volume, interpolator: Interpolator, options: InterpolationOptions | None = None, **overrides: Any
 ) -> InterpolationResult:
-    """Latent-diffusion slice interpolation of a thick volume ``(n_thick, y, x)`` -> ``(n_thick * factor, y, x)``.
+    """Latent-diffusion slice interpolation (Rombach et al. 2022): ``(n, y, x)`` -> ``(n * factor, y, x)``.
 
     z-windows of the thin grid -> slice codec (linear estimate to condition latents) -> sampler per
     window, blended -> slice codec back to HU -> data consistency, over ``samples`` draws.
@@ -293,10 +299,12 @@ def interpolate_volume(
     weights = blend_weights(spans, n_thin)
 
     device = interpolator.device
-    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if opts.bf16 else contextlib.nullcontext
+    precision = contextlib.nullcontext
+    if opts.bf16:
+        precision = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     codec = SliceCodec(interpolator.vae, interpolator.window, interpolator.scale_factor, chunk=opts.chunk,
                        multiple=interpolator.inplane_multiple, device=device, precision=precision)
-    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)  # the thin grid and the condition
+    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)  # thin grid and condition
     cond = codec.encode(linear.array)[None]
     denoiser = Denoiser(interpolator.unet, interpolator.spec.prediction, interpolator.spec.noise_schedule(),
                         depth_multiple=interpolator.depth_multiple, precision=precision)
@@ -325,9 +333,10 @@ def interpolate_volume(
     after = (interpolation.mean_abs_residual_hu(block_means(draws.mean, blocks), thick.array, mask)
              if opts.data_consistency else before)
     settings = {
-        "factor": factor, "sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta, "samples": opts.samples,
-        "window_depth": window, "overlap": overlap, "data_consistency": opts.data_consistency, "consistency": mode,
-        "seed": opts.seed, "chunk": opts.chunk, "bf16": opts.bf16,
+        "factor": factor, "sampler": opts.sampler, "steps": opts.steps, "eta": opts.eta,
+        "samples": opts.samples, "window_depth": window, "overlap": overlap,
+        "data_consistency": opts.data_consistency, "consistency": mode, "seed": opts.seed,
+        "chunk": opts.chunk, "bf16": opts.bf16,
         **interpolator.meta,
     }
     out_meta = {**linear.meta, "interpolated": {**settings, "method": "latent_diffusion"}}
@@ -336,7 +345,8 @@ def interpolate_volume(
     return InterpolationResult(
         mean=_on_thin_grid(linear, draws.mean, out_meta),
         std=None if std is None else _on_thin_grid(linear, std, {**out_meta, "map": "std_hu"}),
-        raw=None if raw_mean is None else _on_thin_grid(linear, raw_mean, {**out_meta, "data_consistency": False}),
+        raw=(None if raw_mean is None
+             else _on_thin_grid(linear, raw_mean, {**out_meta, "data_consistency": False})),
         residual_before_hu=before,
         residual_after_hu=after,
         seconds=time.perf_counter() - t_start,

@@ -60,8 +60,8 @@ def training_budget(run_id: str, bundle: evaluation.DoseModelBundle) -> dict:
         "parameter_set": params_file.get("parameter_set"),
         "overrides": params_file.get("overrides"),
         **{key: params[key] for key in (*BUDGET_KEYS, *KIND_KEYS[bundle.model_kind]) if key in params},
-        "trained_steps": bundle.checkpoint["extra"].get("step"),
-        "samples_seen": (int(bundle.checkpoint["extra"].get("step") or 0) * int(params.get("batch_size", 0))
+        "trained_steps": bundle.run.step,
+        "samples_seen": (int(bundle.run.step or 0) * int(params.get("batch_size", 0))
                          * int(params.get("grad_accum_steps", 1))),
         "parameters_m": sum(p.numel() for p in bundle.module.parameters()) / 1e6,
         "wall_time_s": record.duration_s,

@@ -100,6 +100,15 @@ def check_storable(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
+# ---------------------------------------------------------------------------- where a run keeps it
+CHECKPOINT_FOLDER = "checkpoints"
+
+
+def checkpoint_file(run_dir: str | os.PathLike, name: str) -> Path:
+    """``<run_dir>/checkpoints/<name>.pt``: the model file of a run of kind ``name`` (``vae``, ...)."""
+    return Path(run_dir) / CHECKPOINT_FOLDER / f"{name}.pt"
+
+
 # -------------------------------------------------------------------------------- save and load
 def save_checkpoint(
     path: str | os.PathLike,

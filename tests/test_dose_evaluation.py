@@ -4,6 +4,7 @@ per-patient seeding of the diffusion sampler, constraint agreement and the ancho
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ class _Scaled(evaluation.DoseModelBundle):
 
 def _scaled(factor: float) -> _Scaled:
     bundle = _Scaled(run_id="oracle", variant="oracle", module=torch.nn.Identity(),
-                     checkpoint={"config": {"model": {"kind": "unet", "loss": "oracle"}}, "extra": {}})
+                     run=SimpleNamespace(kind="unet", model_config={"kind": "unet", "loss": "oracle"}))
     bundle.factor = factor
     return bundle
 

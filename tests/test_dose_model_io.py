@@ -7,7 +7,7 @@ import torch
 
 from ctlib.diffusion.ema import EMA
 from ctlib.models import dose_unet, latent_unet
-from ctlib.studies.dose import datasets, diffusion, inference, losses, model_io
+from ctlib.studies.dose import datasets, diffusion, inference, losses, model_io, run_kind
 from ctlib.train import loop
 from tests.test_dose_datasets import ROIS, synthetic_patient
 
@@ -31,9 +31,11 @@ def test_unet_round_trip(tmp_path):
     config = model_io.unet_model_config(net, "ptv_underdose", {"underdose_weight": 3.0, "dvh_weight": 1.0}, ROIS)
     assert config["loss_options"] == {"underdose_weight": 3.0}  # options of other losses are dropped
     module, _, patient = _train(config, tmp_path)
-    loaded, ckpt = model_io.load_dose_model(tmp_path / "m.pt")
+    run = run_kind.DoseRun.load(tmp_path / "m.pt")
+    loaded = run.module
     assert isinstance(loaded, losses.DoseLoss) and loaded.loss_name == "ptv_underdose" and not loaded.training
-    assert ckpt["config"]["model"] == config and model_io.required_multiple(config) == 2
+    assert run.model_config == config and model_io.required_multiple(config) == 2
+    assert (run.kind, run.variant, run.has_ema, run.parameters) == ("unet", "ptv_underdose", False, {})
     a = inference.predict_patient(model_io.dose_predictor(module), patient, roi_size=(4, 8, 8))
     b = inference.predict_patient(model_io.dose_predictor(loaded), patient, roi_size=(4, 8, 8))
     assert a.max() > 0 and (a == b).all()
@@ -46,8 +48,8 @@ def test_diffusion_round_trip_uses_ema(tmp_path):
                                        cond_channels=diffusion.condition_channels(4, 4, spec))
     config = model_io.diffusion_model_config(net, spec, (80.0, 80.0, 1.0, 1.0), ROIS)
     module, tracker, _ = _train(config, tmp_path, ema=True)
-    loaded, _ = model_io.load_dose_model(tmp_path / "m.pt")
-    raw, _ = model_io.load_dose_model(tmp_path / "m.pt", use_ema=False)
+    loaded = run_kind.DoseRun.load(tmp_path / "m.pt").module
+    raw = run_kind.DoseRun.load(tmp_path / "m.pt", use_ema=False).module
     name = next(iter(tracker.shadow))
     torch.testing.assert_close(dict(loaded.named_parameters())[name], tracker.shadow[name])
     torch.testing.assert_close(dict(raw.named_parameters())[name], dict(module.named_parameters())[name])

@@ -10,6 +10,7 @@ import torch
 
 from ctlib.data import windows
 from ctlib.models import vae as vae_module
+from ctlib.models import vae_run
 from ctlib.train import loop
 from ctlib.train.streams import BatchStream, TensorDataset
 
@@ -141,9 +142,10 @@ def test_train_loop_then_load_frozen_vae(tmp_path):
         model_config=TINY.to_dict(), extra={"scale_factor": 0.5},
     )
     assert len(history) == 2 and {"l1", "kl", "ssim_loss"} <= set(history[0])
-    loaded, ckpt = vae_module.load_vae(tmp_path / "vae.pt")
+    run = vae_run.VAERun.load(tmp_path / "vae.pt")
+    loaded = run.vae
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
-    assert ckpt["extra"]["scale_factor"] == 0.5
+    assert run.scale_factor == 0.5 and run.config == TINY and run.window == windows.FULL and run.step == 2
     x = torch.rand(1, 1, 2, 16, 16)
     torch.testing.assert_close(vae_module.encode_slices(loaded, x), vae_module.encode_slices(vae, x))
 

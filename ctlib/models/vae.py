@@ -14,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import os
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -316,22 +315,11 @@ class VAELossModule(nn.Module):
         return loss, metrics
 
 
-def load_vae(
-    checkpoint: str | os.PathLike | dict[str, Any], map_location: str | torch.device = "cpu"
-) -> tuple[AutoencoderKL, dict[str, Any]]:
-    """A frozen VAE (eval, no grad) from a checkpoint, and the checkpoint (config, normalization, extra).
-
-    Accepts checkpoints of a bare ``AutoencoderKL`` or of a ``VAELossModule`` (keys ``vae.*``); the
-    model config is read from ``config["model"]``.
-    """
-    from ctlib import checkpoint as checkpoint_io
-
-    ckpt = checkpoint if isinstance(checkpoint, dict) else checkpoint_io.load_checkpoint(checkpoint, map_location)
-    config = VAEConfig.from_dict(ckpt["config"]["model"])
-    state = ckpt["model_state"]
+def vae_from_state(config: VAEConfig, state: dict[str, torch.Tensor]) -> AutoencoderKL:
+    """A frozen VAE (eval, no grad) with the weights of a bare ``AutoencoderKL`` or of a ``VAELossModule``
+    (keys ``vae.*``). Checkpoints are read by ``ctlib.models.vae_run.VAERun``."""
     if any(k.startswith("vae.") for k in state):
         state = {k[len("vae.") :]: v for k, v in state.items() if k.startswith("vae.")}
     vae = build_vae(config)
     vae.load_state_dict(state)
-    vae.eval().requires_grad_(False)
-    return vae, ckpt
+    return vae.eval().requires_grad_(False)

@@ -21,7 +21,6 @@ of those patients, so a comparison with them is indicative, not like for like.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,12 +33,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ctlib.data import windows
 from ctlib.metrics import dose_scores, gamma
-from ctlib.studies.dose import features, inference, model_io
-from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
+from ctlib.studies.dose import features, inference, model_io, run_kind
+from ctlib.studies.dose.patient_file import DosePatient, load_dose_patient
 
-CHECKPOINT = Path("checkpoints") / "dose_model.pt"
 GAMMA_DEFAULTS: dict[str, float] = {"dose_percent": 3.0, "distance_mm": 3.0, "cutoff_percent": 10.0}
 DVH_COLUMNS = ("run_id", "variant", "patient", "structure", "metric", "true_gy", "pred_gy", "abs_error_gy")
 
@@ -71,7 +68,7 @@ class DoseModelBundle:
     run_id: str
     variant: str  # the loss name of a U-Net, "diffusion" for the diffusion ablation
     module: nn.Module
-    checkpoint: dict[str, Any]
+    run: run_kind.DoseRun  # what the checkpoint and params.json of the training run record
     window_options: dict[str, Any] = field(default_factory=dict)  # roi_size, overlap, blend, sw_batch_size, sw_device
     sample_steps: int = 20
     sample_eta: float = 0.0
@@ -79,15 +76,15 @@ class DoseModelBundle:
 
     @property
     def model_config(self) -> dict[str, Any]:
-        return self.checkpoint["config"]["model"]
+        return self.run.model_config
 
     @property
     def model_kind(self) -> str:
-        return str(self.model_config["kind"])
+        return self.run.kind
 
     @property
     def preprocess_run_id(self) -> str:
-        return str(self.checkpoint["extra"]["preprocess_run_id"])
+        return str(self.run.preprocess_run_id)
 
     def predictor(self) -> inference.DoseModel:
         """``(inputs, constraints) -> dose_gy``; a fresh generator seeded by ``seed`` for the diffusion sampler."""
@@ -98,23 +95,10 @@ class DoseModelBundle:
 
     def predict(self, patient: DosePatient) -> np.ndarray:
         """Whole-patient dose ``(D, H, W)`` in Gy, with the checkpoint's input normalization."""
-        norm = self.checkpoint["normalization"]
         return inference.predict_patient(
-            self.predictor(), patient, window=windows.window_from_record(norm),
-            sdf_clip_mm=float(norm.get("sdf_clip_mm", SDF_CLIP_MM)), include_pdm=bool(norm.get("include_pdm", True)),
-            **self.window_options,
+            self.predictor(), patient, window=self.run.window, sdf_clip_mm=self.run.sdf_clip_mm,
+            include_pdm=self.run.include_pdm, **self.window_options,
         )
-
-
-def variant_name(model_config: dict[str, Any]) -> str:
-    """The name of a trained variant: its loss for a U-Net, ``"diffusion"`` for the diffusion model."""
-    return "diffusion" if model_config.get("kind") == "diffusion" else str(model_config["loss"])
-
-
-def training_parameters(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The resolved parameters of a training run (``params.json``), empty when it has none."""
-    file = Path(run_dir) / "params.json"
-    return json.loads(file.read_text()).get("parameters", {}) if file.is_file() else {}
 
 
 def load_dose_run(
@@ -136,18 +120,18 @@ def load_dose_run(
     ``sw_overlap``, ``sw_blend``, ``sample_steps``, ``sample_eta``), else the checkpoint's patch size.
     """
     run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT
+    path = run_kind.DoseRun.checkpoint_file(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir.name}: no dose checkpoint {path} (is it a run of the dose training notebook?)")
-    module, ckpt = model_io.load_dose_model(path, map_location=device, use_ema=use_ema)
-    trained = training_parameters(run_dir)
-    roi = roi_size or trained.get("sw_roi") or ckpt["extra"].get("patch_size")
+    run = run_kind.DoseRun.load(run_dir, map_location=device, use_ema=use_ema)
+    trained = run.parameters
+    roi = roi_size or trained.get("sw_roi") or run.patch_size
     options = {"roi_size": [int(r) for r in roi], "overlap": float(trained.get("sw_overlap", 0.5) if overlap is None
                                                                      else overlap),
                "blend": str(trained.get("sw_blend", "gaussian") if blend is None else blend),
                "sw_batch_size": int(sw_batch_size), "sw_device": torch.device(device)}
     return DoseModelBundle(
-        run_id=run_dir.name, variant=variant_name(ckpt["config"]["model"]), module=module, checkpoint=ckpt,
+        run_id=run_dir.name, variant=run.variant, module=run.module, run=run,
         window_options=options,
         sample_steps=int(trained.get("sample_steps", 20) if sample_steps is None else sample_steps),
         sample_eta=float(trained.get("sample_eta", 0.0) if sample_eta is None else sample_eta), seed=int(seed),

@@ -10,18 +10,17 @@ A dose model config (``config["model"]`` of the checkpoint) is a plain dict:
 
 ``dose_predictor`` turns either module into the ``(inputs, constraints) -> dose_gy`` callable that
 ``ctlib.studies.dose.inference.predict_dose`` takes.
+A trained run's checkpoint is read by ``ctlib.studies.dose.run_kind.DoseRun``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-from ctlib.diffusion.ema import EMA
 from ctlib.io.openkbp import ROI_NAMES
 from ctlib.models import dose_unet, latent_unet
 from ctlib.studies.dose import diffusion, losses
@@ -69,24 +68,6 @@ def required_multiple(model_config: dict[str, Any]) -> int:
     """Every spatial size (U-Net) or H and W (diffusion; depth is padded) must be a multiple of this."""
     levels = len(model_config["net"]["channels"])
     return 2 ** (levels - 1)
-
-
-def load_dose_model(
-    checkpoint: str | os.PathLike | dict[str, Any], map_location: str | torch.device = "cpu", *, use_ema: bool = True
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained module of a dose checkpoint in eval mode without gradients (EMA weights if stored and
-    ``use_ema``), and the checkpoint (config, normalization record, extra)."""
-    from ctlib import checkpoint as checkpoint_io
-
-    ckpt = checkpoint if isinstance(checkpoint, dict) else checkpoint_io.load_checkpoint(checkpoint, map_location)
-    module = build_module(ckpt["config"]["model"])
-    module.load_state_dict(ckpt["model_state"])
-    if use_ema and ckpt.get("ema_state") is not None:
-        ema = EMA(module)
-        ema.load_state_dict(ckpt["ema_state"])
-        ema.copy_to(module)
-    module.to(map_location).eval().requires_grad_(False)
-    return module, ckpt
 
 
 def dose_predictor(

@@ -1,8 +1,7 @@
 """The deterministic baseline at inference: a trained residual regressor applied to whole volumes.
 
-A regressor run (notebook ``slice_interp/2026-11-23_05_regressor``) holds ``checkpoints/regressor.pt``:
-the ``ResidualRegressor`` weights (and EMA), ``config["model"]`` (its ``RegressorConfig``), the HU
-window record, and ``extra = {preprocess_run_id, factor, mode}``. The regressor corrects the linear
+A regressor run (notebook ``slice_interp/2026-11-23_05_regressor``) is read by
+``ctlib.studies.interp.run_kinds.RegressorRun``. The regressor corrects the linear
 z-interpolation of the thick slices (Kim et al. 2016, residual learning), so at inference the thick
 volume is linearly upsampled, window-normalized, corrected by Gaussian-blended sliding windows
 (``ctlib.models.regressor.predict_volume``) and mapped back to HU.
@@ -12,20 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ctlib import checkpoint as checkpoint_io
 from ctlib.data import windows
-from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 from ctlib.models import regressor
-from ctlib.studies.interp import bundle, thick_slices
-
-REGRESSOR_CHECKPOINT = Path("checkpoints") / "regressor.pt"
+from ctlib.studies.interp import bundle, run_kinds, thick_slices
 
 
 @dataclasses.dataclass
@@ -44,33 +38,18 @@ class RegressorBundle:
         self.model = self.model.to(self.device).eval().requires_grad_(False)
 
 
-def regressor_checkpoint_path(run_id_or_path: str | os.PathLike) -> Path:
-    """The regressor checkpoint named by a run id, a run folder, or a ``.pt`` file."""
-    return bundle.checkpoint_path(run_id_or_path, REGRESSOR_CHECKPOINT, "regressor")
-
-
 def load_regressor_run(
     run_id_or_checkpoint: str | os.PathLike, *, use_ema: bool = True, device: str | torch.device = "auto"
 ) -> RegressorBundle:
-    """Load a regressor from a run id (or run folder, or ``.pt`` file); ``CTInputError`` when unusable."""
-    path = regressor_checkpoint_path(run_id_or_checkpoint)
-    ckpt = checkpoint_io.load_checkpoint(path)
-    bundle._checked(ckpt, path, ("config.model", "extra.factor", "extra.mode"))
-    try:
-        model = regressor.build_regressor(regressor.RegressorConfig.from_dict(ckpt["config"]["model"]))
-        weights = "ema" if use_ema and ckpt.get("ema_state") else "raw"
-        state = dict(ckpt["model_state"])
-        if weights == "ema":  # buffers are not averaged: they keep the model's values
-            state.update({name: value.to(state[name].dtype) for name, value in ckpt["ema_state"]["shadow"].items()})
-        model.load_state_dict(state)
-        window = windows.window_from_record(ckpt["normalization"])
-    except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        raise CTInputError(path, f"unusable regressor checkpoint ({type(err).__name__}: {err})") from None
-    extra = ckpt["extra"]
+    """Load a regressor from a run id (or run folder, or ``.pt`` file) through ``run_kinds.RegressorRun``.
+
+    ``CTInputError`` when unusable."""
+    run = run_kinds.RegressorRun.load(run_id_or_checkpoint, use_ema=use_ema)
     return RegressorBundle(
-        model=model, window=window, factor=int(extra["factor"]), mode=str(extra["mode"]),
+        model=run.model, window=run.window, factor=run.factor, mode=run.mode,
         device=bundle.resolve_device(device),
-        meta={"checkpoint": str(path), "preprocess_run_id": extra.get("preprocess_run_id"), "weights": weights},
+        meta={"checkpoint": str(run.path), "preprocess_run_id": run.preprocess_run_id,
+              "weights": run.weights},
     )
 
 

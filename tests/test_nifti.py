@@ -147,3 +147,66 @@ def test_nifti2_and_big_endian_and_scaling(tmp_path):
     nib.save(scaled, tmp_path / "scaled.nii.gz")
     volume = nifti.read_nifti(tmp_path / "scaled.nii.gz", fill_below_air=False)
     np.testing.assert_array_equal(volume.array, data.transpose(2, 1, 0) * 2.0 - 1024.0)
+
+
+# Kills mutants that survived `make mutation` (bench/results/mutation.md): label maps go through nibabel's
+# reader (_load_image, _xyz_array), whose refusals and conversions the volume tests above never reach.
+def test_label_map_reading_converts_and_refuses_with_the_file_name(tmp_path):
+    xyz = np.arange(60, dtype=np.float32).reshape(5, 4, 3)  # (x, y, z), integer-valued floats
+    nib.save(nib.Nifti1Image(xyz[..., None], np.eye(4)), tmp_path / "single.nii")  # (x, y, z, 1)
+    labels = nifti.read_nifti_labels(tmp_path / "single.nii")
+    assert labels.dtype == np.int32 and labels.shape == (3, 4, 5)
+    np.testing.assert_array_equal(labels, xyz.transpose(2, 1, 0))
+    nib.save(nib.Nifti1Image(xyz + 0.5, np.eye(4)), tmp_path / "half.nii")
+    with pytest.raises(CTInputError, match=r"half\.nii: label map holds non-integer values"):
+        nifti.read_nifti_labels(tmp_path / "half.nii")
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), np.int16), np.eye(4)), tmp_path / "four.nii")
+    with pytest.raises(CTInputError, match=r"four\.nii: expected a 3-D volume"):
+        nifti.read_nifti_labels(tmp_path / "four.nii")
+    with pytest.raises(CTInputError, match=r"missing\.nii\.gz: no such file"):
+        nifti.read_nifti_labels(tmp_path / "missing.nii.gz")
+    (tmp_path / "bad.nii").write_bytes(b"not a nifti at all")
+    with pytest.raises(CTInputError, match=r"bad\.nii: not a readable NIfTI file"):
+        nifti.read_nifti_labels(tmp_path / "bad.nii")
+    nib.save(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), tmp_path / "cut.nii.gz")
+    raw = (tmp_path / "cut.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CTInputError, match=r"cut\.nii\.gz: voxel data unreadable"):
+        nifti.read_nifti_labels(tmp_path / "cut.nii.gz")
+
+
+def test_label_map_geometry_must_match_volume(tmp_path):
+    volume = Volume(np.zeros((3, 4, 5)), spacing=(2, 1, 1))
+    nifti.write_nifti(Volume(np.ones((3, 4, 5)), spacing=(2, 1, 1.5)), tmp_path / "seg.nii.gz")
+    with pytest.raises(CTInputError, match=r"seg\.nii\.gz: label map geometry \(affine\) differs"):
+        nifti.read_nifti_labels(tmp_path / "seg.nii.gz", like=volume)
+    assert nifti.read_nifti_labels(tmp_path / "seg.nii.gz").dtype.kind == "i"
+
+
+def test_written_header_declares_mm_and_both_affines(tmp_path):
+    volume = Volume(np.zeros((3, 4, 5)), spacing=(2.5, 0.7, 0.8), origin=(10.0, -20.0, 30.0),
+                    direction=_oblique_direction())
+    for name, gzip_magic in (("v.nii", False), ("v.nii.gz", True)):
+        path = nifti.write_nifti(volume, tmp_path / name)
+        assert (path.read_bytes()[:2] == b"\x1f\x8b") == gzip_magic  # compression follows the suffix
+        img = nib.load(str(path))
+        assert img.header.get_xyzt_units() == ("mm", "sec")
+        for affine, code in (img.get_sform(coded=True), img.get_qform(coded=True)):
+            assert int(code) == 1
+            np.testing.assert_allclose(affine, volume.index_to_ras(), atol=1e-5)
+
+
+def test_write_dtype_choice_and_int16_range(tmp_path):
+    def stored(array: np.ndarray, dtype: str = "auto") -> np.dtype:
+        nifti.write_nifti(Volume(array, spacing=(1, 1, 1)), tmp_path / "d.nii", dtype=dtype)  # type: ignore[arg-type]
+        return nib.load(str(tmp_path / "d.nii")).get_data_dtype()
+
+    edges = np.array([-32768.0, 0.0, 32767.0]).reshape(3, 1, 1)
+    assert stored(edges) == np.int16
+    assert stored(edges + np.array([0.0, 0.0, 1.0]).reshape(3, 1, 1)) == np.float32  # 32768 leaves int16
+    assert stored(edges - np.array([1.0, 0.0, 0.0]).reshape(3, 1, 1)) == np.float32  # -32769 too
+    assert stored(np.full((2, 1, 1), 0.5)) == np.float32
+    assert stored(np.full((2, 1, 1), 0.5), "float32") == np.float32
+    assert stored(np.full((2, 1, 1), 2.4), "int16") == np.int16
+    with pytest.raises(ValueError, match="dtype must be 'auto', 'int16' or 'float32', got 'int8'"):
+        stored(edges, "int8")

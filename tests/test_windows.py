@@ -90,3 +90,52 @@ def test_window_from_record_rejects_bad_records():
         windows.window_from_record({**record, "low_hu": -1000.0})
     with pytest.raises(ValueError, match="lacks"):
         windows.window_from_record({"kind": record["kind"], "name": "lung"})
+
+
+# The tests below kill mutants that survived `make mutation` (bench/results/mutation.md).
+@pytest.mark.parametrize(("level", "width"), [(float("nan"), 100.0), (0.0, float("inf")), (float("-inf"), 1.0),
+                                              (0.0, -5.0)])
+def test_window_refuses_non_finite_or_non_positive_numbers(level, width):
+    with pytest.raises(ValueError, match="finite level and a positive width"):
+        windows.HUWindow("bad", level, width)
+
+
+def test_narrow_windows_and_name_spellings_are_accepted():
+    assert windows.HUWindow("narrow", 0.0, 0.5).high == 0.25
+    assert windows.get_window(" Soft Tissue ") is windows.SOFT_TISSUE
+
+
+def test_float_inputs_keep_their_precision():
+    for dtype in (np.float64, np.float16):
+        assert windows.normalize(np.zeros(3, dtype=dtype), "full").dtype == dtype
+    assert windows.to_unit(torch.zeros(3, dtype=torch.float64), "full").dtype == torch.float64
+    assert windows.from_unit(np.array([0.5]), "full").dtype == np.float64
+
+
+def test_denormalize_clip_bounds_both_sides():
+    w = windows.MEDIASTINUM  # [-160, 240]
+    np.testing.assert_allclose(windows.denormalize(np.array([-1.5, 0.0, 1.5]), w, clip=True), [-160.0, 40.0, 240.0])
+    np.testing.assert_allclose(windows.denormalize(torch.tensor([-1.5, 1.5]), w, clip=True).numpy(), [-160.0, 240.0])
+
+
+def test_normalization_record_names_every_field():
+    assert windows.normalization_record(windows.MEDIASTINUM) == {
+        "kind": "hu_window_linear", "name": "mediastinum", "level_hu": 40.0, "width_hu": 400.0,
+        "low_hu": -160.0, "high_hu": 240.0, "output_range": [-1.0, 1.0]}
+
+
+def test_window_from_record_checks_high_output_range_and_type():
+    record = windows.normalization_record(windows.LUNG)
+    with pytest.raises(ValueError, match="high_hu"):
+        windows.window_from_record({**record, "high_hu": 151.0})
+    with pytest.raises(ValueError, match=r"output_range must be \[-1, 1\], got \[0.0, 1.0\]"):
+        windows.window_from_record({**record, "output_range": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="found 'list'"):
+        windows.window_from_record([record])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="found 'zscore'"):
+        windows.window_from_record({**record, "kind": "zscore"})
+    # low/high within a rounding error are accepted; a record without them or output_range still loads
+    brain = windows.normalization_record(windows.BRAIN)  # low 0 HU: only the absolute tolerance applies
+    assert windows.window_from_record({**brain, "low_hu": 5e-7}) == windows.BRAIN
+    bare = {k: record[k] for k in ("kind", "name", "level_hu", "width_hu")}
+    assert windows.window_from_record(bare) == windows.LUNG

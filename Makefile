@@ -16,7 +16,7 @@ ATEN_CPU_CAPABILITY ?= avx2
 ONEDNN_MAX_CPU_ISA ?= AVX2
 export ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA
 
-.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium
+.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium mutation
 
 venv: $(VENV)/.installed
 
@@ -70,6 +70,16 @@ bench: venv
 	$(PY) bench/viewer_latency.py
 	$(PY) bench/sampler_speed.py
 	$(PY) bench/gamma_speed.py
+
+## mutation: mutation testing (mutmut, the `mutation` extra) of the base layers io, data, runs and metrics with
+## their tests ([tool.mutmut] in pyproject.toml); not part of test or CI: hours on 2 cores. A subset by mutant
+## name: make mutation MUTANTS='ctlib.data.windows* ctlib.io.nifti*'. Survivors: bench/results/mutation.md
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+mutation: venv
+	test -x $(VENV)/bin/mutmut || $(PY) -m pip install -q -e ".[dev,mutation]"
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(VENV)/bin/mutmut results | grep -v ': not checked$$' || true  # survivors, timeouts
 
 index: venv
 	$(VENV)/bin/ctlib index

@@ -45,7 +45,7 @@ chromium:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 # nbval options. The session first builds every upstream default run once (conftest.py), so no cell starts
-# a chain; the cell limit only stops a hung kernel: the slowest cell takes about 2 min on an idle 2-core CPU.
+# a chain; the cell limit only stops a hung kernel: the slowest cell took 52 s on 2 cores at load 8.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 3600
 
 ## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook

@@ -210,3 +210,52 @@ def test_write_dtype_choice_and_int16_range(tmp_path):
     assert stored(np.full((2, 1, 1), 2.4), "int16") == np.int16
     with pytest.raises(ValueError, match="dtype must be 'auto', 'int16' or 'float32', got 'int8'"):
         stored(edges, "int8")
+
+
+def test_read_nifti_parser_paths(tmp_path):
+    """The own header/voxel parser of read_nifti: byte orders, gzip members, a 4th axis of 1, scl_inter."""
+    xyz = np.arange(60, dtype=np.int16).reshape(5, 4, 3)
+    header = nib.Nifti1Header(endianness=">")
+    nib.save(nib.Nifti1Image(xyz.astype(">i2"), np.eye(4), header=header), tmp_path / "big.nii")
+    assert (tmp_path / "big.nii").read_bytes()[:4] == (348).to_bytes(4, "big")
+    volume = nifti.read_nifti(tmp_path / "big.nii", fill_below_air=False)
+    np.testing.assert_array_equal(volume.array, xyz.transpose(2, 1, 0))
+    assert volume.modality == "CT" and volume.meta["stored_dtype"].startswith(">")
+
+    import gzip
+
+    nib.save(nib.Nifti1Image(xyz, np.eye(4)), tmp_path / "plain.nii")
+    raw = (tmp_path / "plain.nii").read_bytes()
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(raw[:200]) + gzip.compress(raw[200:]))
+    np.testing.assert_array_equal(nifti.read_nifti(tmp_path / "members.nii.gz").array, xyz.transpose(2, 1, 0))
+
+    nib.save(nib.Nifti1Image(xyz[..., None], np.eye(4)), tmp_path / "single.nii")  # (x, y, z, 1)
+    assert nifti.read_nifti(tmp_path / "single.nii").shape == (3, 4, 5)
+    shifted = nib.Nifti1Image(xyz, np.eye(4))
+    shifted.header.set_slope_inter(1.0, 1.0)
+    nib.save(shifted, tmp_path / "shifted.nii")
+    np.testing.assert_array_equal(nifti.read_nifti(tmp_path / "shifted.nii").array, xyz.transpose(2, 1, 0) + 1.0)
+
+
+def test_read_nifti_refusals_name_file_and_problem(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((5, 4, 3), np.int16), np.eye(4)), tmp_path / "v.nii")
+    raw = (tmp_path / "v.nii").read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[:-10])
+    with pytest.raises(CTInputError, match=rf"cut\.nii: voxel data truncated: {len(raw) - 10 - 352} bytes for 60 "):
+        nifti.read_nifti(tmp_path / "cut.nii")
+    (tmp_path / "v.img").write_bytes(raw)
+    with pytest.raises(CTInputError, match=r"v\.img: not a NIfTI file name \(\.nii or \.nii\.gz\)"):
+        nifti.read_nifti(tmp_path / "v.img")
+    with pytest.raises(CTInputError, match=r"missing\.nii: no such file$"):
+        nifti.read_nifti(tmp_path / "missing.nii")
+    (tmp_path / "junk.nii").write_bytes(b"\x01" * 400)
+    with pytest.raises(CTInputError, match=r"junk\.nii: not a NIfTI-1 or NIfTI-2 file \(unknown header size\)"):
+        nifti.read_nifti(tmp_path / "junk.nii")
+    (tmp_path / "magic.nii").write_bytes(raw[:344] + b"xyz\x00" + raw[348:])  # the magic "n+1" broken
+    with pytest.raises(CTInputError, match=r"magic\.nii: bad NIfTI header \("):
+        nifti.read_nifti(tmp_path / "magic.nii")
+    nib.save(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), tmp_path / "t.nii.gz")
+    gz = (tmp_path / "t.nii.gz").read_bytes()
+    (tmp_path / "t.nii.gz").write_bytes(gz[: len(gz) // 2])
+    with pytest.raises(CTInputError, match=r"t\.nii\.gz: voxel data unreadable \(gzip: the gzip stream ends early"):
+        nifti.read_nifti(tmp_path / "t.nii.gz")

@@ -25,7 +25,8 @@ from ctlib.errors import CTInputError
 FORMAT = "ctlib.checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "model_state", "config", "normalization", "extra", "provenance")
-_EXACT_PRIMITIVES = (str, int, float, bool, type(None))  # exact types: np.float64 or TorchVersion subclass them
+# exact types: np.float64 or TorchVersion subclass them
+_EXACT_PRIMITIVES = (str, int, float, bool, type(None))
 
 
 # ------------------------------------------------------------------------------------------ RNG
@@ -34,10 +35,17 @@ def capture_rng() -> dict[str, Any]:
     version, mt_state, gauss_next = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
-        "python": {"version": int(version), "state": torch.tensor(mt_state, dtype=torch.int64), "gauss_next": gauss_next},
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(mt_state, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
         "numpy": {
-            "name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
         },
         "torch": torch.get_rng_state(),
     }
@@ -87,7 +95,9 @@ def check_storable(obj: Any, where: str = "checkpoint") -> None:
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(key, str | int):
-                raise TypeError(f"{where}: dict key {key!r} of type {type(key).__name__} is not storable (use str or int)")
+                raise TypeError(
+                    f"{where}: dict key {key!r} of type {type(key).__name__} is not storable (use str or int)"
+                )
             check_storable(value, f"{where}[{key!r}]")
         return
     if isinstance(obj, list | tuple | torch.Size):
@@ -152,7 +162,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; ``CTInputError`` for a missing, corrupt or incomplete file."""
+    """Read a checkpoint with ``weights_only=True``; ``CTInputError`` for a missing,
+    corrupt or incomplete file."""
     path = Path(path)
     if not path.is_file():
         raise CTInputError(path, "no checkpoint file here" + (" (it is a folder)" if path.is_dir() else ""))
@@ -171,6 +182,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CTInputError(path, f"checkpoint lacks key(s) {missing}")
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CTInputError(
-            path, f"checkpoint format version {ckpt['format_version']} is newer than this ctlib reads ({FORMAT_VERSION})"
+            path,
+            f"checkpoint format version {ckpt['format_version']} is newer than this ctlib reads "
+            f"({FORMAT_VERSION})",
         )
     return ckpt

@@ -1,4 +1,5 @@
-"""The ``ctlib`` command: ``info``, ``run``, ``index``, ``archive``, ``demo``, and the subcommands of each study (``ctlib/studies/*/cli.py``).
+"""The ``ctlib`` command: ``info``, ``run``, ``index``, ``archive``, ``demo``, and the subcommands of each
+study (``ctlib/studies/*/cli.py``).
 
 Bad input ends with exit status 2 and one line on stderr that names the file and the problem.
 """

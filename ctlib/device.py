@@ -1,4 +1,5 @@
-"""Which torch device a run uses: the one resolver of the ``device`` parameter ("auto", "cpu", "cuda:1", ...)."""
+"""Which torch device a run uses: the one resolver of the ``device`` parameter
+("auto", "cpu", "cuda:1", ...)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,9 @@ def save_volume(volume: Volume, path: str | os.PathLike) -> Path:
                 origin_lps_mm=np.asarray(volume.origin),
                 direction=volume.direction,
                 modality=np.asarray(volume.modality),
-                slice_thickness_mm=np.asarray(np.nan if volume.slice_thickness_mm is None else volume.slice_thickness_mm),
+                slice_thickness_mm=np.asarray(
+                    np.nan if volume.slice_thickness_mm is None else volume.slice_thickness_mm
+                ),
             )
     return path
 
@@ -70,7 +72,8 @@ def downsample_inplane(volume: Volume, max_size: int) -> Volume:
         return volume
     ny_crop, nx_crop = (ny // factor) * factor, (nx // factor) * factor
     array = volume.array[:, :ny_crop, :nx_crop]
-    array = array.reshape(volume.shape[0], ny_crop // factor, factor, nx_crop // factor, factor).mean(axis=(2, 4))
+    blocks = array.reshape(volume.shape[0], ny_crop // factor, factor, nx_crop // factor, factor)
+    array = blocks.mean(axis=(2, 4))
     dz, dy, dx = volume.spacing
     shift = (factor - 1) / 2.0
     origin = np.asarray(volume.origin) + volume.direction @ np.array([shift * dx, shift * dy, 0.0])
@@ -85,10 +88,19 @@ def volume_stats(volume: Volume) -> dict[str, Any]:
     z, y, x = volume.shape
     dz, dy, dx = volume.spacing
     return {
-        "shape_z": z, "shape_y": y, "shape_x": x,
-        "spacing_z_mm": round(dz, 4), "spacing_y_mm": round(dy, 4), "spacing_x_mm": round(dx, 4),
-        "slice_thickness_mm": None if volume.slice_thickness_mm is None else round(volume.slice_thickness_mm, 4),
-        "hu_min": float(volume.array.min()), "hu_max": float(volume.array.max()),
-        "body_hu_p01": round(float(p01), 1), "body_hu_median": round(float(p50), 1), "body_hu_p99": round(float(p99), 1),
+        "shape_z": z,
+        "shape_y": y,
+        "shape_x": x,
+        "spacing_z_mm": round(dz, 4),
+        "spacing_y_mm": round(dy, 4),
+        "spacing_x_mm": round(dx, 4),
+        "slice_thickness_mm": (
+            None if volume.slice_thickness_mm is None else round(volume.slice_thickness_mm, 4)
+        ),
+        "hu_min": float(volume.array.min()),
+        "hu_max": float(volume.array.max()),
+        "body_hu_p01": round(float(p01), 1),
+        "body_hu_median": round(float(p50), 1),
+        "body_hu_p99": round(float(p99), 1),
         "body_fraction": round(float(mask.mean()), 4),
     }

@@ -88,7 +88,11 @@ def discover(
                 break  # one series per folder is the layout of every source here
         for name in sorted(files):
             path = folder_path / name
-            if "nifti" in formats and name.endswith(reader.NIFTI_SUFFIXES) and not _is_label_map(name, exclude):
+            if (
+                "nifti" in formats
+                and name.endswith(reader.NIFTI_SUFFIXES)
+                and not _is_label_map(name, exclude)
+            ):
                 vid = _volume_id(path, root)
                 found.append(VolumeSource(vid, vid, "nifti", str(path)))
             elif "openkbp" in formats and name.endswith(".npz"):
@@ -109,13 +113,19 @@ def _looks_like_dicom(path: Path) -> bool:
 
 def _openkbp_source(path: Path, root: Path) -> VolumeSource:
     patient = path.name.removesuffix(".npz")
-    return VolumeSource(_volume_id(path, root), f"openkbp_{patient}", "openkbp", str(path), _openkbp_split(path))
+    return VolumeSource(
+        _volume_id(path, root), f"openkbp_{patient}", "openkbp", str(path), _openkbp_split(path)
+    )
 
 
-def embedded(n_phantoms: int, phantom_kind: str = "chest", include_chest_ct: bool = True) -> list[VolumeSource]:
+def embedded(
+    n_phantoms: int, phantom_kind: str = "chest", include_chest_ct: bool = True
+) -> list[VolumeSource]:
     """The demo set: ``n_phantoms`` seeded phantoms and the real chest CT shipped by a package."""
     sources = [
-        VolumeSource(f"phantom_{phantom_kind}_{seed}", f"phantom_{seed}", "phantom", f"phantom:{phantom_kind}:{seed}")
+        VolumeSource(
+            f"phantom_{phantom_kind}_{seed}", f"phantom_{seed}", "phantom", f"phantom:{phantom_kind}:{seed}"
+        )
         for seed in range(n_phantoms)
     ]
     if include_chest_ct:
@@ -125,7 +135,10 @@ def embedded(n_phantoms: int, phantom_kind: str = "chest", include_chest_ct: boo
 
 
 def select(
-    sources: Sequence[VolumeSource], *, max_per_group: int = 0, group_of: Callable[[VolumeSource], str] | None = None
+    sources: Sequence[VolumeSource],
+    *,
+    max_per_group: int = 0,
+    group_of: Callable[[VolumeSource], str] | None = None,
 ) -> list[VolumeSource]:
     """Keep at most ``max_per_group`` sources per group (default group: format + fixed split); 0 keeps all."""
     if max_per_group <= 0:

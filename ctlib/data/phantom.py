@@ -104,7 +104,9 @@ def _chest(c: _Canvas, rng: np.random.Generator, rng_noise: np.random.Generator,
         for tube in _tubes(c, rng, 4, centre, (9.0, 12.0), (1.5, 3.0)):
             c.paint(tube & lungs, 150.0, VESSEL)
     aorta_r = 7.0 + _wave(z, 1.0, 90.0)
-    c.paint(c.ellipse(12.0 + _wave(z, 3.0, 120.0, rng.uniform(0, 6.28)), 20.0, aorta_r, aorta_r), 200.0, VESSEL)
+    c.paint(
+        c.ellipse(12.0 + _wave(z, 3.0, 120.0, rng.uniform(0, 6.28)), 20.0, aorta_r, aorta_r), 200.0, VESSEL
+    )
 
     # Spine: cortical rim around a denser-than-real cancellous body, with discs every 28 mm.
     c.paint(c.ellipse(0.0, 33.0, 10.0, 9.0), 1000.0, BONE)

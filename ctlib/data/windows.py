@@ -97,7 +97,8 @@ def normalize(hu: ArrayT, window: HUWindow | str) -> ArrayT:
 
 
 def denormalize(x: ArrayT, window: HUWindow | str, clip: bool = False) -> ArrayT:
-    """Inverse of ``normalize``: ``[-1, 1]`` -> HU (values outside ``[-1, 1]`` extrapolate unless ``clip``)."""
+    """Inverse of ``normalize``: ``[-1, 1]`` -> HU
+    (values outside ``[-1, 1]`` extrapolate unless ``clip``)."""
     w = get_window(window)
     x = _as_float(x)
     if clip:

@@ -1,4 +1,5 @@
-"""Exponential moving average of model weights (Polyak averaging), the weights diffusion models sample with."""
+"""Exponential moving average of model weights (Polyak averaging),
+the weights diffusion models sample with."""
 
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ class EMA:
         for name, value in shadow.items():
             if value.shape != self.shadow[name].shape:
                 raise ValueError(
-                    f"EMA.load_state_dict: {name} has shape {tuple(value.shape)}, expected {tuple(self.shadow[name].shape)}"
+                    f"EMA.load_state_dict: {name} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(self.shadow[name].shape)}"
                 )
             self.shadow[name] = value.to(
                 device=self.shadow[name].device, dtype=self.shadow[name].dtype

@@ -30,7 +30,8 @@ def min_snr_weight(snr_t: torch.Tensor, *, gamma: float, kind: Prediction) -> to
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device (reproducible across devices), moved to ``like``."""
+    """Standard normal noise drawn on the generator's device (reproducible across devices),
+    moved to ``like``."""
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 

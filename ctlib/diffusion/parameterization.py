@@ -36,7 +36,8 @@ def check_prediction(kind: str) -> None:
 def _coefficients(
     t: torch.Tensor | int, schedule: NoiseSchedule, like: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a = sqrt(alpha_bar_t)`` and ``s = sqrt(1 - alpha_bar_t)`` shaped ``(B, 1, ..., 1)`` in ``like``'s dtype."""
+    """``a = sqrt(alpha_bar_t)`` and ``s = sqrt(1 - alpha_bar_t)`` shaped ``(B, 1, ..., 1)``
+    in ``like``'s dtype."""
     t = torch.as_tensor(t, device=like.device)
     ab = extract(schedule.alphas_cumprod, t, like.ndim)
     return ab.sqrt().to(like.dtype), (1.0 - ab).sqrt().to(like.dtype)

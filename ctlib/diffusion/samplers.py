@@ -206,15 +206,16 @@ def ddpm(
     clip_x0: tuple[float, float] | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Ancestral sampling over all T steps (Ho et al. 2020, algorithm 2); ``eta`` is unused (always stochastic)."""
+    """Ancestral sampling over all T steps (Ho et al. 2020, algorithm 2); ``eta`` is unused
+    (always stochastic)."""
     schedule, prediction = denoiser.schedule, denoiser.prediction
     T = schedule.num_train_timesteps
     if num_steps != T:
         raise ValueError(
-            f"ddpm: num_steps must equal the number of training timesteps T={T}, got {num_steps}. "
-            "The DDPM posterior q(x_{t-1} | x_t, x0) assumes consecutive timesteps; fewer steps need a "
-            "respaced schedule. Use 'ddim' instead (eta=1.0 gives the DDPM-like stochastic sampler on "
-            "a timestep subsequence)."
+            f"ddpm: num_steps must equal the number of training timesteps T={T}, got {num_steps}. The DDPM "
+            "posterior q(x_{t-1} | x_t, x0) assumes consecutive timesteps; fewer steps need a respaced "
+            "schedule. Use 'ddim' instead (eta=1.0 gives the DDPM-like stochastic sampler on a timestep "
+            "subsequence)."
         )
     x = _start(denoiser, shape, x_T, generator)
     for i, t in enumerate(range(T - 1, -1, -1)):
@@ -240,7 +241,8 @@ def ddim(
     callback: Callback | None = None,
     spacing: Spacing = "linspace",
 ) -> torch.Tensor:
-    """Denoising diffusion implicit models (Song et al. 2021) on a timestep subsequence; eta = 0 is deterministic.
+    """Denoising diffusion implicit models (Song et al. 2021) on a timestep subsequence; eta = 0 is
+    deterministic.
 
     The previous timestep of each step is the next entry of ``ddim_timesteps(T, num_steps,
     spacing=spacing)``, and the last step goes to alpha_bar = 1 (returns x0_pred when eta = 0).

@@ -153,7 +153,8 @@ def extract(values: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Ten
 
 
 def snr(schedule: NoiseSchedule, t: torch.Tensor | int) -> torch.Tensor:
-    """Signal-to-noise ratio ``alpha_bar_t / (1 - alpha_bar_t)`` (Kingma et al. 2021), float64, shaped like ``t``."""
+    """Signal-to-noise ratio ``alpha_bar_t / (1 - alpha_bar_t)`` (Kingma et al. 2021), float64,
+    shaped like ``t``."""
     t = torch.as_tensor(t)
     ab = schedule.alphas_cumprod.to(t.device)[t.long()]
     return ab / (1.0 - ab)

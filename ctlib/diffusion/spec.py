@@ -17,7 +17,8 @@ SCHEDULES = ("linear", "scaled_linear", "cosine")
 
 @dataclasses.dataclass
 class DiffusionSpec(ConfigDict):
-    """Parameterization (Salimans & Ho 2022 for v), noise schedule, and min-SNR-gamma weighting (Hang et al. 2023)."""
+    """Parameterization (Salimans & Ho 2022 for v), noise schedule,
+    and min-SNR-gamma weighting (Hang et al. 2023)."""
 
     prediction: str = "v"  # "epsilon" | "v" | "x0"
     schedule: str = "scaled_linear"  # "linear" | "scaled_linear" | "cosine"

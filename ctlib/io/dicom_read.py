@@ -91,7 +91,8 @@ def read_dicom_series(
     if modality != "CT" and not allow_non_ct:
         raise CTInputError(
             first_path,
-            f"modality is {modality or 'missing'!r}, expected 'CT' (pass allow_non_ct=True to read it anyway)",
+            f"modality is {modality or 'missing'!r}, expected 'CT' (pass allow_non_ct=True to read it "
+            "anyway)",
         )
     for path, ds in items:
         _check_image(path, ds)
@@ -308,7 +309,10 @@ def _check_spacing(paths: list[Path], along: np.ndarray, tolerance: float) -> fl
         return dz
     k = int(bad[0])
     ratio = steps[k] / typical
-    gap = f"step of {steps[k]:.4g} mm between {paths[k].name} ({along[k]:.3f} mm) and {paths[k + 1].name} ({along[k + 1]:.3f} mm)"
+    gap = (
+        f"step of {steps[k]:.4g} mm between {paths[k].name} ({along[k]:.3f} mm) "
+        f"and {paths[k + 1].name} ({along[k + 1]:.3f} mm)"
+    )
     if ratio > 1.5 and abs(ratio - round(ratio)) <= tolerance * round(ratio):
         raise CTInputError(
             paths[k],
@@ -334,8 +338,8 @@ def _check_tilt(paths: list[Path], positions: np.ndarray, normal: np.ndarray) ->
         angle = math.degrees(math.atan2(drift[k], abs(along[k])))
         raise CTInputError(
             paths[k],
-            f"gantry tilt: slice positions step {angle:.2f} deg off the slice normal (in-plane drift {drift[k]:.3f} mm "
-            f"from {paths[0].name}); tilted series are not supported, resample them first",
+            f"gantry tilt: slice positions step {angle:.2f} deg off the slice normal (in-plane drift "
+            f"{drift[k]:.3f} mm from {paths[0].name}); tilted series are not supported, resample them first",
         )
 
 

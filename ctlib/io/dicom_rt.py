@@ -1,4 +1,5 @@
-"""DICOM-RT import onto a CT ``Volume``'s grid: RTSTRUCT (PS3.3 A.19) -> masks, RTDOSE (PS3.3 A.18) -> dose in Gy.
+"""DICOM-RT import onto a CT ``Volume``'s grid: RTSTRUCT (PS3.3 A.19) -> masks, RTDOSE (PS3.3 A.18) -> dose in
+Gy.
 
 RTSTRUCT: every ``CLOSED_PLANAR`` contour of ``ROIContourSequence`` (points in LPS mm) is mapped to
 continuous voxel indices of the CT, must lie in one axial plane of the CT (within ``plane_tolerance``
@@ -91,7 +92,8 @@ def read_rtstruct(
     plane_tolerance: float = PLANE_TOLERANCE_SLICES,
     map_names: NameMap | None = None,
 ) -> RTStructureSet:
-    """RTSTRUCT -> ``RTStructureSet`` with one ``(z, y, x)`` bool mask per ROI whose name maps to a canonical name.
+    """RTSTRUCT -> ``RTStructureSet`` with one ``(z, y, x)`` bool mask per ROI whose name maps to a canonical
+    name.
 
     ``map_names(roi_names, source) -> {canonical: roi_name}`` picks and renames the ROIs (a study's
     name table; it may refuse ambiguous names); without it every ROI is kept under its own name.
@@ -111,7 +113,9 @@ def read_rtstruct(
         _check_frame(path, r.get("ReferencedFrameOfReferenceUID"), expected)
     mapped = (map_names or _keep_names)(list(raw.values()), path)
     number_of = {name: number for number, name in raw.items()}
-    contours = {int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.get("ROIContourSequence", [])}
+    contours = {
+        int(c.ReferencedROINumber): c.get("ContourSequence", []) for c in ds.get("ROIContourSequence", [])
+    }
     to_index = _lps_to_index(ct)
     masks = {}
     for canonical, raw_name in mapped.items():
@@ -164,7 +168,9 @@ def _floats(path: Path, ds: Dataset, keyword: str, n: int | None = None) -> np.n
     return value
 
 
-def _frame_offsets(path: Path, ds: Dataset, position: np.ndarray, normal: np.ndarray, n_frames: int) -> np.ndarray:
+def _frame_offsets(
+    path: Path, ds: Dataset, position: np.ndarray, normal: np.ndarray, n_frames: int
+) -> np.ndarray:
     """Frame positions along the normal relative to ImagePositionPatient (PS3.3 C.8.8.3.2)."""
     if n_frames == 1 and "GridFrameOffsetVector" not in ds:
         return np.zeros(1)
@@ -186,10 +192,14 @@ def read_rtdose(
 ) -> np.ndarray:
     """RTDOSE -> ``(z, y, x)`` float32 dose in Gy on the CT grid (trilinear, 0 outside the dose grid)."""
     path, ds = _read(path, "RTDOSE")
-    _check_frame(path, ds.get("FrameOfReferenceUID"), frame_of_reference_uid or ct.meta.get("frame_of_reference_uid"))
+    _check_frame(
+        path, ds.get("FrameOfReferenceUID"), frame_of_reference_uid or ct.meta.get("frame_of_reference_uid")
+    )
     units = str(ds.get("DoseUnits", "")).upper()
     if units != "GY":
-        raise CTInputError(path, f"DoseUnits is {units or 'missing'!r}, expected 'GY' (relative dose has no scale)")
+        raise CTInputError(
+            path, f"DoseUnits is {units or 'missing'!r}, expected 'GY' (relative dose has no scale)"
+        )
     scaling = float(_floats(path, ds, "DoseGridScaling", 1)[0])
     if scaling <= 0:
         raise CTInputError(path, f"DoseGridScaling must be positive, got {scaling:g}")
@@ -230,6 +240,7 @@ def read_rtdose(
 
 
 def _snap(index: np.ndarray, n: int, tolerance: float = 1e-4) -> np.ndarray:
-    """Indices within ``tolerance`` voxel outside ``[0, n - 1]`` moved onto the edge (rounding in mm -> index)."""
+    """Indices within ``tolerance`` voxel outside ``[0, n - 1]`` moved onto the edge
+    (rounding in mm -> index)."""
     index = np.where((index < 0) & (index > -tolerance), 0.0, index)
     return np.where((index > n - 1) & (index < n - 1 + tolerance), float(n - 1), index)

@@ -91,7 +91,9 @@ def _voxels_zyx(header: nib.Nifti1Header, buffer: bytes, path: Path) -> np.ndarr
     count = int(np.prod(shape))
     offset = int(header["vox_offset"])
     if len(buffer) < offset + count * dtype.itemsize:
-        raise CTInputError(path, f"voxel data truncated: {len(buffer) - offset} bytes for {count} voxels of {dtype}")
+        raise CTInputError(
+            path, f"voxel data truncated: {len(buffer) - offset} bytes for {count} voxels of {dtype}"
+        )
     stored = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape[::-1])
     slope, inter = header.get_slope_inter()
     array = stored.astype(np.float32)

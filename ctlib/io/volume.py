@@ -42,7 +42,9 @@ class Volume:
         self.origin = tuple(float(o) for o in self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
         if len(self.spacing) != 3 or min(self.spacing) <= 0 or not np.all(np.isfinite(self.spacing)):
-            raise ValueError(f"Volume.spacing must be three positive numbers (dz, dy, dx) in mm, got {self.spacing}")
+            raise ValueError(
+                f"Volume.spacing must be three positive numbers (dz, dy, dx) in mm, got {self.spacing}"
+            )
         if not np.allclose(self.direction.T @ self.direction, np.eye(3), atol=1e-4):
             raise ValueError(f"Volume.direction must be orthonormal, got\n{self.direction}")
 
@@ -86,7 +88,10 @@ class Volume:
     def __repr__(self) -> str:
         z, y, x = self.shape
         dz, dy, dx = self.spacing
-        return f"Volume(shape=(z={z}, y={y}, x={x}), spacing_mm=({dz:.3g}, {dy:.3g}, {dx:.3g}), modality={self.modality})"
+        return (
+            f"Volume(shape=(z={z}, y={y}, x={x}), spacing_mm=({dz:.3g}, {dy:.3g}, {dx:.3g}), "
+            f"modality={self.modality})"
+        )
 
 
 def from_index_to_lps(
@@ -100,4 +105,6 @@ def from_index_to_lps(
         raise ValueError(f"degenerate affine (a zero-length axis):\n{affine_lps}")
     direction = columns / sizes
     dx, dy, dz = sizes
-    return Volume(array=array, spacing=(dz, dy, dx), origin=tuple(affine_lps[:3, 3]), direction=direction, **fields)
+    return Volume(
+        array=array, spacing=(dz, dy, dx), origin=tuple(affine_lps[:3, 3]), direction=direction, **fields
+    )

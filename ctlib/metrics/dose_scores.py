@@ -1,7 +1,8 @@
-"""OpenKBP dose-prediction scores (Babier et al., Med Phys 2021): dose score, DVH metrics and score, DVH curves,
-and a clinical constraint check table.
+"""OpenKBP dose-prediction scores (Babier et al., Med Phys 2021): dose score, DVH metrics and score, DVH
+curves, and a clinical constraint check table.
 
-Conventions follow the challenge's reference code (``ababier/open-kbp``, ``provided_code/dose_evaluation_class.py``):
+Conventions follow the challenge's reference code (``ababier/open-kbp``,
+``provided_code/dose_evaluation_class.py``):
 
 - dose score: mean absolute difference in Gy over the voxels of the possible-dose mask;
 - targets (PTVs): D99, D95, D1 = the dose received by at least 99 %, 95 %, 1 % of the structure volume,
@@ -39,7 +40,8 @@ Key = tuple[str, str]  # (structure, metric)
 
 
 def check_dose(name: str, dose_gy: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """The dose as a float64 array; ``ValueError`` naming ``name`` if its shape differs or it holds NaN / inf."""
+    """The dose as a float64 array;
+    ``ValueError`` naming ``name`` if its shape differs or it holds NaN / inf."""
     dose = np.asarray(dose_gy, dtype=np.float64)
     if shape is not None and dose.shape != tuple(shape):
         raise ValueError(f"{name} has shape {dose.shape}, expected {tuple(shape)}")
@@ -80,7 +82,8 @@ def voxel_volume_mm3(spacing_mm: Sequence[float]) -> float:
 
 
 def d_tenth_cc(structure_dose_gy: np.ndarray, voxel_mm3: float) -> float:
-    """D0.1cc (OpenKBP): the minimum dose of the hottest 0.1 cc, as the challenge's percentile of the voxels."""
+    """D0.1cc (OpenKBP): the minimum dose of the hottest 0.1 cc,
+    as the challenge's percentile of the voxels."""
     voxels = max(1.0, float(np.round(TENTH_CC_MM3 / voxel_mm3)))
     percent = max(0.0, 100.0 - voxels / structure_dose_gy.size * 100.0)
     return float(np.percentile(structure_dose_gy, percent))
@@ -95,7 +98,8 @@ def dose_at_volume(structure_dose_gy: np.ndarray, volume_percent: float) -> floa
 
 @dataclass
 class DVHMetrics:
-    """OpenKBP DVH metrics of one dose: ``values[(structure, metric)]`` in Gy; ``skipped[structure]`` says why not."""
+    """OpenKBP DVH metrics of one dose: ``values[(structure, metric)]`` in Gy;
+    ``skipped[structure]`` says why not."""
 
     values: dict[Key, float]
     skipped: dict[str, str] = field(default_factory=dict)
@@ -134,7 +138,9 @@ def dvh_metrics(
     dose = check_dose("dose_gy", dose_gy)
     voxel_mm3 = voxel_volume_mm3(spacing_mm)
     usable, skipped = _usable_masks(masks, [*oars, *targets], dose.shape)
-    skipped.update({name: "not an OAR or target" for name in masks if name not in usable and name not in skipped})
+    skipped.update(
+        {name: "not an OAR or target" for name in masks if name not in usable and name not in skipped}
+    )
     values: dict[Key, float] = {}
     for name, mask in usable.items():
         inside = dose[mask]
@@ -158,7 +164,8 @@ def dvh_differences(true: DVHMetrics, pred: DVHMetrics) -> dict[Key, float]:
 
 
 def dvh_score(true: DVHMetrics, pred: DVHMetrics) -> float:
-    """OpenKBP DVH score of one patient: mean |pred - true| over the available (structure, metric) pairs, in Gy."""
+    """OpenKBP DVH score of one patient: mean |pred - true| over the available (structure, metric) pairs,
+    in Gy."""
     differences = dvh_differences(true, pred)
     if not differences:
         raise ValueError(f"no DVH metric to compare: every structure was skipped ({true.skipped})")
@@ -234,7 +241,9 @@ def evaluate_metric(structure_dose_gy: np.ndarray, metric: str, voxel_mm3: float
             threshold_gy = None
         if threshold_gy is not None:
             return float(100.0 * np.mean(structure_dose_gy >= threshold_gy))
-    raise ValueError(f"unknown metric {metric!r}: expected 'mean', 'max', 'D_0.1_cc', 'D_<percent>' or 'V_<Gy>'")
+    raise ValueError(
+        f"unknown metric {metric!r}: expected 'mean', 'max', 'D_0.1_cc', 'D_<percent>' or 'V_<Gy>'"
+    )
 
 
 def constraint_table(

@@ -2,7 +2,8 @@
 
 For every reference voxel r whose dose is at least the low-dose cutoff,
 
-    gamma(r)^2 = min over offsets s of  ((D_eval(r + s) - D_ref(r)) / (dose_percent % of D_norm))^2 + (|s| / DTA)^2
+    gamma(r)^2 = min over offsets s of  ((D_eval(r + s) - D_ref(r)) / (dose_percent % of D_norm))^2
+                                        + (|s| / DTA)^2
 
 with D_norm the reference maximum (global gamma) unless ``normalization_gy`` is given. The evaluated dose
 is interpolated trilinearly (bilinearly in 2D) at sub-voxel offsets. The offsets are exactly those that
@@ -56,7 +57,8 @@ class GammaResult:
 
 
 def shell_distances_mm(distance_mm: float, max_gamma: float, interp_fraction: int) -> np.ndarray:
-    """Search radii of pymedphys' gamma loop: steps of DTA / interp_fraction, a forced shell at DTA, up to DTA * max_gamma."""
+    """Search radii of pymedphys' gamma loop: steps of DTA / interp_fraction, a forced shell at DTA,
+    up to DTA * max_gamma."""
     step = distance_mm / interp_fraction
     max_distance = distance_mm * max_gamma
     forced = [distance_mm]
@@ -70,7 +72,8 @@ def shell_distances_mm(distance_mm: float, max_gamma: float, interp_fraction: in
 
 
 def shell_points_mm(radius_mm: float, step_mm: float, ndim: int) -> np.ndarray:
-    """``(P, ndim)`` points on a sphere (3D) or circle (2D) of the radius, no gap wider than the step (pymedphys' shells)."""
+    """``(P, ndim)`` points on a sphere (3D) or circle (2D) of the radius, no gap wider than the step
+    (pymedphys' shells)."""
     if ndim == 2:
         count = int(np.ceil(2 * np.pi * radius_mm / step_mm)) + 1
         theta = np.linspace(0, 2 * np.pi, count + 1)[:-1]
@@ -89,7 +92,8 @@ def shell_points_mm(radius_mm: float, step_mm: float, ndim: int) -> np.ndarray:
 @dataclass(frozen=True)
 class _CellGroup:
     cell: tuple[int, ...]  # integer voxel offset of the cell's lower corner
-    weights: np.ndarray  # (M, 2^ndim) float32 interpolation weights of the cell's corners, offsets by distance
+    # (M, 2^ndim) float32 interpolation weights of the cell's corners, offsets by distance
+    weights: np.ndarray
     distance2: np.ndarray  # (M,) (|s| / DTA)^2, increasing
     distance2_column: np.ndarray  # (M, 1) the same in float32, added to the (M, n) squared dose terms
 
@@ -102,30 +106,43 @@ class _Band:
 
 @functools.lru_cache(maxsize=32)
 def _search_plan(
-    spacing_mm: tuple[float, ...], distance_mm: float, max_gamma: float, interp_fraction: int, shells_per_band: int
+    spacing_mm: tuple[float, ...],
+    distance_mm: float,
+    max_gamma: float,
+    interp_fraction: int,
+    shells_per_band: int,
 ) -> tuple[tuple[_Band, ...], np.ndarray, np.ndarray]:
-    """Offsets in bands of ``shells_per_band`` shells, grouped by grid cell; the padding (low, high) per axis."""
+    """Offsets in bands of ``shells_per_band`` shells, grouped by grid cell; the padding
+    (low, high) per axis."""
     ndim = len(spacing_mm)
     step = distance_mm / interp_fraction
     radii = shell_distances_mm(distance_mm, max_gamma, interp_fraction)
     corners = np.asarray(list(itertools.product((0, 1), repeat=ndim)))  # (K, ndim)
     bands, lowest, highest = [], np.zeros(ndim, int), np.zeros(ndim, int)
     for first in range(0, len(radii), shells_per_band):
-        offsets_mm = np.concatenate([shell_points_mm(r, step, ndim) for r in radii[first:first + shells_per_band]])
+        offsets_mm = np.concatenate(
+            [shell_points_mm(r, step, ndim) for r in radii[first : first + shells_per_band]]
+        )
         distance2 = np.sum(offsets_mm**2, axis=1) / distance_mm**2
-        # rounding noise (cos(pi / 2) = 6e-17) would give float32 weights ~1e-48: denormals, 100x slower to multiply
+        # rounding noise (cos(pi / 2) = 6e-17) would give float32 weights ~1e-48: denormals, 100x slower to
+        # multiply
         voxels = np.round(offsets_mm / np.asarray(spacing_mm), 9)
         cells = np.floor(voxels).astype(int)
         fraction = voxels - cells
         # weight of corner c = prod over axes of (f if c == 1 else 1 - f)
-        weights = np.prod(np.where(corners[None, :, :] == 1, fraction[:, None], 1.0 - fraction[:, None]), axis=2)
+        weights = np.prod(
+            np.where(corners[None, :, :] == 1, fraction[:, None], 1.0 - fraction[:, None]), axis=2
+        )
         lowest, highest = np.minimum(lowest, cells.min(0)), np.maximum(highest, cells.max(0) + 1)
         low = cells.min(0)
-        keys = np.ravel_multi_index(tuple((cells - low).T), tuple(cells.max(0) - low + 1))  # one integer per cell
+        # one integer per cell
+        keys = np.ravel_multi_index(tuple((cells - low).T), tuple(cells.max(0) - low + 1))
         _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         order = np.lexsort((distance2, inverse))  # by cell, then by distance
         groups = []
-        for cell, members in zip(cells[first], np.split(order, np.cumsum(np.bincount(inverse))[:-1]), strict=True):
+        for cell, members in zip(
+            cells[first], np.split(order, np.cumsum(np.bincount(inverse))[:-1]), strict=True
+        ):
             groups.append(_CellGroup(tuple(int(v) for v in cell), weights[members].astype(np.float32),
                                      distance2[members], distance2[members, None].astype(np.float32)))
         bands.append(_Band(float(distance2.min()), tuple(sorted(groups, key=lambda g: g.distance2[0]))))
@@ -158,7 +175,8 @@ def gamma_index(
     chunk_elements: int = 2**20,
     shells_per_band: int = 2,
 ) -> GammaResult:
-    """Global gamma index (Low et al. 1998) of ``evaluated`` against ``reference`` on one grid, with pymedphys' search.
+    """Global gamma index (Low et al. 1998) of ``evaluated`` against ``reference`` on one grid, with
+    pymedphys' search.
 
     ``spacing_mm`` in the arrays' axis order; ``dose_percent`` of ``normalization_gy`` (default: the reference
     maximum) and ``distance_mm`` are the criteria; voxels whose reference dose is below ``cutoff_percent`` of
@@ -172,15 +190,21 @@ def gamma_index(
     ref = _as_tensor("reference_dose_gy", reference_dose_gy, device)
     ev = _as_tensor("evaluated_dose_gy", evaluated_dose_gy, device)
     if ev.shape != ref.shape:
-        raise ValueError(f"evaluated_dose_gy has shape {tuple(ev.shape)}, expected the reference's {tuple(ref.shape)}")
+        raise ValueError(
+            f"evaluated_dose_gy has shape {tuple(ev.shape)}, expected the reference's {tuple(ref.shape)}"
+        )
     spacing = tuple(float(s) for s in spacing_mm)
     if len(spacing) != ref.ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing_mm must hold {ref.ndim} positive numbers (one per axis), got {list(spacing_mm)}")
+        raise ValueError(
+            f"spacing_mm must hold {ref.ndim} positive numbers (one per axis), got {list(spacing_mm)}"
+        )
     for name, value in (("dose_percent", dose_percent), ("distance_mm", distance_mm)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be positive and finite, got {value}")
     if not (math.isfinite(max_gamma) and max_gamma >= 1):
-        raise ValueError(f"max_gamma must be finite and >= 1 (the search must reach the DTA), got {max_gamma}")
+        raise ValueError(
+            f"max_gamma must be finite and >= 1 (the search must reach the DTA), got {max_gamma}"
+        )
     if not (0 <= cutoff_percent < 100):
         raise ValueError(f"cutoff_percent must be in [0, 100), got {cutoff_percent}")
     if int(interp_fraction) != interp_fraction or interp_fraction < 1:
@@ -195,9 +219,20 @@ def gamma_index(
     count = int(evaluated.sum())
     pass_rate = float("nan")
     if count:
-        gamma2 = _min_gamma2(ref, ev, evaluated, spacing, dose_percent / 100.0 * norm_gy, float(distance_mm),
-                             float(max_gamma), int(interp_fraction), int(chunk_elements), int(shells_per_band))
-        pass_rate = float((gamma2 <= 1).float().mean()) * 100.0  # before capping, so max_gamma = 1 fails nothing new
+        gamma2 = _min_gamma2(
+            ref,
+            ev,
+            evaluated,
+            spacing,
+            dose_percent / 100.0 * norm_gy,
+            float(distance_mm),
+            float(max_gamma),
+            int(interp_fraction),
+            int(chunk_elements),
+            int(shells_per_band),
+        )
+        # before capping, so max_gamma = 1 fails nothing new
+        pass_rate = float((gamma2 <= 1).float().mean()) * 100.0
         gamma_map[evaluated] = gamma2.sqrt().clamp_(max=max_gamma)
     if not isinstance(reference_dose_gy, torch.Tensor):
         gamma_map = gamma_map.cpu().numpy()
@@ -216,7 +251,8 @@ def _min_gamma2(
     chunk_elements: int,
     shells_per_band: int,
 ) -> torch.Tensor:
-    """``(N,)`` gamma^2 of the evaluated voxels (``torch.nonzero`` order), minimum over offsets within DTA * max_gamma."""
+    """``(N,)`` gamma^2 of the evaluated voxels (``torch.nonzero`` order),
+    minimum over offsets within DTA * max_gamma."""
     bands, pad_low, pad_high = _search_plan(spacing, distance_mm, max_gamma, interp_fraction, shells_per_band)
     device = ref.device
     # F.pad lists (low, high) pairs from the last axis to the first
@@ -224,20 +260,23 @@ def _min_gamma2(
     padded = torch.nn.functional.pad(ev, pad, value=OFF_GRID_GY)
     flat, strides = padded.reshape(-1), np.asarray(padded.stride())
     coords = torch.nonzero(evaluated)  # (N, ndim)
-    base = ((coords + torch.as_tensor(pad_low, device=device)) * torch.as_tensor(strides, device=device)).sum(1)
+    strides_t = torch.as_tensor(strides, device=device)
+    base = ((coords + torch.as_tensor(pad_low, device=device)) * strides_t).sum(1)
     ref_values = ref[evaluated]
     inv_tolerance = 1.0 / tolerance_gy
     corners = np.asarray(list(itertools.product((0, 1), repeat=ref.ndim)))  # (K, ndim)
     gamma2 = torch.full_like(ref_values, float("inf"))
     active = torch.arange(ref_values.numel(), device=device)
     for band in bands:
-        active = active[gamma2[active] > band.nearest2]  # offsets in this and later bands cannot improve the rest
+        # offsets in this and later bands cannot improve the rest
+        active = active[gamma2[active] > band.nearest2]
         if active.numel() == 0:
             break
         band_base, band_ref = base.index_select(0, active), ref_values.index_select(0, active)
         band_gamma2 = gamma2.index_select(0, active)
         cells = np.asarray([group.cell for group in band.groups])  # (G, ndim)
-        shifts = torch.as_tensor(((cells[:, None, :] + corners[None]) * strides).sum(-1), device=device)  # (G, K)
+        # (G, K)
+        shifts = torch.as_tensor(((cells[:, None, :] + corners[None]) * strides).sum(-1), device=device)
         block = max(1, chunk_elements // len(corners))  # voxels per gather of (K, block) corner doses
         for group, group_shifts in zip(band.groups, shifts, strict=True):
             for lo in range(0, active.numel(), block):
@@ -258,7 +297,8 @@ def _search_cell(
     inv_tolerance: float,
     chunk_elements: int,
 ) -> None:
-    """Lower ``gamma2`` (in place) with the offsets of one cell group; ``shifts`` are the corners' flat offsets."""
+    """Lower ``gamma2`` (in place) with the offsets of one cell group;
+    ``shifts`` are the corners' flat offsets."""
     nearest2 = float(group.distance2[0])
     index = (shifts[:, None] + base[None, :]).reshape(-1)  # (K * n,), corner-major
     # (D_eval(corner) - D_ref) / tolerance; interpolating it gives the difference, as the weights sum to 1

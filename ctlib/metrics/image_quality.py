@@ -56,7 +56,9 @@ def ssim_slices_hu(
     from monai.metrics.regression import compute_ssim_and_cs
 
     if prediction_hu.shape != target_hu.shape or prediction_hu.ndim != 3:
-        raise ValueError(f"expected two (z, y, x) volumes of one shape, got {prediction_hu.shape}, {target_hu.shape}")
+        raise ValueError(
+            f"expected two (z, y, x) volumes of one shape, got {prediction_hu.shape}, {target_hu.shape}"
+        )
     width = high_hu - low_hu
     pred = torch.from_numpy((np.clip(prediction_hu, low_hu, high_hu) - low_hu) / width).float()[:, None]
     true = torch.from_numpy((np.clip(target_hu, low_hu, high_hu) - low_hu) / width).float()[:, None]

@@ -38,7 +38,8 @@ class DoseUNetConfig(ConfigDict):
     """Hyper-parameters of the FiLM-conditioned residual 3D U-Net."""
 
     in_channels: int = 12  # CT + 10 structure SDFs + possible-dose mask
-    constraint_dim: int = 20  # K: 3 prescriptions + 7 OAR limits (Gy) + 10 presence flags (ctlib.studies.dose.features)
+    # K: 3 prescriptions + 7 OAR limits (Gy) + 10 presence flags (ctlib.studies.dose.features)
+    constraint_dim: int = 20
     channels: tuple[int, ...] = (16, 32, 64, 128)  # one entry per level; the last is the bottleneck
     num_res_units: int = 2  # convolutions per ResidualUnit (MONAI ``subunits``)
     norm: str = "instance"  # MONAI norm name ("instance", "batch", ...)
@@ -55,7 +56,8 @@ class DoseUNetConfig(ConfigDict):
             raise ValueError(f"DoseUNetConfig: need at least two levels, got channels={self.channels}")
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(
-                f"DoseUNetConfig.output_activation must be one of {list(OUTPUT_ACTIVATIONS)}, got {self.output_activation!r}"
+                f"DoseUNetConfig.output_activation must be one of {list(OUTPUT_ACTIVATIONS)}, got "
+                f"{self.output_activation!r}"
             )
         if self.dose_scale_gy <= 0 or not 0 < self.initial_dose_gy < self.dose_scale_gy:
             raise ValueError(
@@ -66,8 +68,8 @@ class DoseUNetConfig(ConfigDict):
             self.constraint_scales = tuple(float(s) for s in self.constraint_scales)
             if len(self.constraint_scales) != self.constraint_dim or min(self.constraint_scales) <= 0:
                 raise ValueError(
-                    f"DoseUNetConfig: constraint_scales needs {self.constraint_dim} positive entries, "
-                    f"got {self.constraint_scales}"
+                    f"DoseUNetConfig: constraint_scales needs {self.constraint_dim} positive entries, got "
+                    f"{self.constraint_scales}"
                 )
 
 
@@ -92,7 +94,9 @@ class DoseUNet(nn.Module):
         super().__init__()
         self.config = config
         ch = config.channels
-        unit = dict(spatial_dims=3, subunits=config.num_res_units, norm=config.norm, dropout=config.dropout or None)
+        unit = dict(
+            spatial_dims=3, subunits=config.num_res_units, norm=config.norm, dropout=config.dropout or None
+        )
         self.encoder = nn.ModuleList(
             ResidualUnit(in_channels=config.in_channels if i == 0 else ch[i - 1], out_channels=ch[i],
                          strides=1 if i == 0 else 2, **unit)
@@ -103,7 +107,8 @@ class DoseUNet(nn.Module):
             for i in reversed(range(len(ch) - 1))
         )
         self.decoder = nn.ModuleList(
-            ResidualUnit(in_channels=2 * ch[i], out_channels=ch[i], **unit) for i in reversed(range(len(ch) - 1))
+            ResidualUnit(in_channels=2 * ch[i], out_channels=ch[i], **unit)
+            for i in reversed(range(len(ch) - 1))
         )
         self.head = Convolution(3, ch[0], 1, kernel_size=1, conv_only=True)
         # Start near initial_dose_gy rather than softplus(0) * scale (55 Gy at 80 Gy): the first steps then
@@ -125,10 +130,12 @@ class DoseUNet(nn.Module):
         self.register_buffer("constraint_scales", torch.tensor(scales, dtype=torch.float32), persistent=False)
 
     def film_parameters(self, constraints: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[(gamma, beta)]`` of shape ``(B, C_block)`` for every modulated block, from ``constraints`` ``(B, K)``."""
+        """``[(gamma, beta)]`` of shape ``(B, C_block)`` for every modulated block,
+        from ``constraints`` ``(B, K)``."""
         if constraints.ndim != 2 or constraints.shape[1] != self.config.constraint_dim:
             raise ValueError(
-                f"DoseUNet: constraints must be (B, {self.config.constraint_dim}), got {tuple(constraints.shape)}"
+                f"DoseUNet: constraints must be (B, {self.config.constraint_dim}), got "
+                f"{tuple(constraints.shape)}"
             )
         out = self.film_mlp(constraints.float() / self.constraint_scales)
         pairs, start = [], 0
@@ -138,15 +145,18 @@ class DoseUNet(nn.Module):
         return pairs
 
     def forward(self, x: torch.Tensor, constraints: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, C, D, H, W)`` and ``constraints`` ``(B, K)`` -> dose in Gy ``(B, 1, D, H, W)``, >= 0."""
+        """``x`` ``(B, C, D, H, W)`` and ``constraints`` ``(B, K)``
+        -> dose in Gy ``(B, 1, D, H, W)``, >= 0."""
         multiple = required_multiple(self.config)
         if x.ndim != 5 or x.shape[1] != self.config.in_channels or any(s % multiple for s in x.shape[2:]):
             raise ValueError(
-                f"DoseUNet: expected (B, {self.config.in_channels}, D, H, W) with D, H, W multiples of {multiple}, "
-                f"got {tuple(x.shape)}"
+                f"DoseUNet: expected (B, {self.config.in_channels}, D, H, W) with D, H, W multiples of "
+                f"{multiple}, got {tuple(x.shape)}"
             )
         if constraints.shape[0] != x.shape[0]:
-            raise ValueError(f"DoseUNet: {constraints.shape[0]} constraint vectors for a batch of {x.shape[0]}")
+            raise ValueError(
+                f"DoseUNet: {constraints.shape[0]} constraint vectors for a batch of {x.shape[0]}"
+            )
         film = iter(self.film_parameters(constraints))
         skips = []
         h = x

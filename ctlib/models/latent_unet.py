@@ -1,4 +1,5 @@
-"""The 3D latent diffusion U-Net conditioned by channel concatenation (Rombach et al. 2022; Saharia et al. 2022).
+"""The 3D latent diffusion U-Net conditioned by channel concatenation (Rombach et al. 2022; Saharia et al.
+2022).
 
 Input ``(B, latent + cond, D, h, w)``: the noisy thin-grid latents ``x_t`` and the thick-slice latents
 placed on the thin grid, concatenated on channels; output ``(B, latent, D, h, w)`` (eps, v or x0,
@@ -44,7 +45,8 @@ class LatentUNetConfig(ConfigDict):
         bad = [c for c in self.channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(
-                f"LatentUNetConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, not {bad}"
+                f"LatentUNetConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, "
+                f"not {bad}"
             )
 
 
@@ -73,7 +75,8 @@ def required_depth_multiple(config: LatentUNetConfig) -> int:
 def pad_depth(
     latents: torch.Tensor, multiple: int, mode: str = "replicate"
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad ``(B, C, D, h, w)`` along D to a multiple of ``multiple``, split evenly front/back: ``(padded, pad)``.
+    """Pad ``(B, C, D, h, w)`` along D to a multiple of ``multiple``, split evenly front/back:
+    ``(padded, pad)``.
 
     ``pad = (before, after)``; ``crop_depth(padded, pad)`` undoes it. Edge replication by default, so
     the padding looks like the nearest real slices rather than a hard zero wall.
@@ -89,7 +92,8 @@ def pad_depth(
 
 
 def crop_depth(x: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
-    """Inverse of ``pad_depth``: drop ``pad[0]`` leading and ``pad[1]`` trailing slices of ``(B, C, D, h, w)``."""
+    """Inverse of ``pad_depth``: drop ``pad[0]`` leading and ``pad[1]`` trailing slices of
+    ``(B, C, D, h, w)``."""
     before, after = pad
     return x[:, :, before : x.shape[2] - after]
 
@@ -100,8 +104,9 @@ def check_inplane(config: LatentUNetConfig, shape: tuple[int, ...]) -> None:
     h, w = shape[-2], shape[-1]
     if h % multiple or w % multiple:
         raise ValueError(
-            f"latent in-plane size ({h}, {w}) must be a multiple of {multiple} for a {len(config.channels)}-level "
-            f"U-Net: choose image patches that are multiples of {multiple} * the VAE factor"
+            f"latent in-plane size ({h}, {w}) must be a multiple of {multiple} for a "
+            f"{len(config.channels)}-level U-Net: choose image patches that are multiples of {multiple} * "
+            "the VAE factor"
         )
 
 
@@ -118,6 +123,8 @@ def forward_conditioned(
     timesteps ``(B,)`` in ``0..T-1``, and crops back to D.
     """
     if x_t.shape[2:] != cond.shape[2:] or x_t.shape[0] != cond.shape[0]:
-        raise ValueError(f"x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)} must share batch and (D, h, w)")
+        raise ValueError(
+            f"x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)} must share batch and (D, h, w)"
+        )
     padded, pad = pad_depth(torch.cat([x_t, cond], dim=1), multiple)
     return crop_depth(unet(padded, timesteps), pad)

@@ -1,4 +1,5 @@
-"""The deterministic baseline: a 3D U-Net that corrects linear z-interpolation (residual learning, Kim et al. 2016).
+"""The deterministic baseline: a 3D U-Net that corrects linear z-interpolation (residual learning, Kim et al.
+2016).
 
 Input ``(B, 1, D, H, W)``: the thick volume linearly upsampled onto the thin grid, window-normalized to
 ``[-1, 1]`` (channel 0; further channels optional). Output: ``input[:, :1] + net(input)``, so the
@@ -74,7 +75,8 @@ def build_regressor(config: RegressorConfig) -> ResidualRegressor:
 
 
 def regressor_loss(batch: dict[str, Any], model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L1 between ``model(batch["linear"])`` and ``batch["thin"]``: a ``loss_fn`` for ``ctlib.train.loop.train``."""
+    """L1 between ``model(batch["linear"])`` and ``batch["thin"]``:
+    a ``loss_fn`` for ``ctlib.train.loop.train``."""
     prediction = model(batch["linear"])
     loss = F.l1_loss(prediction.float(), batch["thin"].float())
     with torch.no_grad():

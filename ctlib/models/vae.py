@@ -55,11 +55,15 @@ class VAEConfig(ConfigDict):
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         if len(self.attention_levels) != len(self.channels):
             raise ValueError(
-                f"VAEConfig: attention_levels has {len(self.attention_levels)} entries, channels has {len(self.channels)}"
+                f"VAEConfig: attention_levels has {len(self.attention_levels)} entries, channels has "
+                f"{len(self.channels)}"
             )
         bad = [c for c in self.channels if c % self.norm_num_groups]
         if bad:
-            raise ValueError(f"VAEConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, not {bad}")
+            raise ValueError(
+                f"VAEConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, not "
+                f"{bad}"
+            )
 
 
 def downsampling_factor(vae: VAEConfig | AutoencoderKL) -> int:
@@ -156,7 +160,8 @@ def decode_slices(
     chunk: int = 16,
     out_device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Per-slice VAE decoding: ``(B, latent, D, h, w)`` divided by ``scale_factor`` -> ``(B, 1, D, h*f, w*f)``."""
+    """Per-slice VAE decoding: ``(B, latent, D, h, w)`` divided by ``scale_factor`` ->
+    ``(B, 1, D, h*f, w*f)``."""
     z, unbatched = _as_batched(latents, "decode_slices")
     batch, depth = z.shape[0], z.shape[2]
     device = _device_of(vae)
@@ -201,7 +206,8 @@ def latent_scale_factor(vae: AutoencoderKL, batches: Iterable[torch.Tensor], *, 
 
 # ----------------------------------------------------------------------------------------- losses
 def kl_divergence(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent elements, averaged over the batch (Kingma & Welling 2014)."""
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over latent elements, averaged over the batch
+    (Kingma & Welling 2014)."""
     kl = 0.5 * (z_mu.float().pow(2) + z_sigma.float().pow(2) - torch.log(z_sigma.float().pow(2)) - 1.0)
     return kl.flatten(1).sum(dim=1).mean()
 
@@ -246,9 +252,13 @@ def vae_loss(
     return total, {k: v.detach() for k, v in terms.items()}
 
 
-def build_discriminator(*, channels: int = 32, num_layers_d: int = 3, in_channels: int = 1) -> PatchDiscriminator:
+def build_discriminator(
+    *, channels: int = 32, num_layers_d: int = 3, in_channels: int = 1
+) -> PatchDiscriminator:
     """MONAI 2D ``PatchDiscriminator`` (PatchGAN, Isola et al. 2017): one logit per image patch."""
-    return PatchDiscriminator(spatial_dims=2, channels=channels, in_channels=in_channels, num_layers_d=num_layers_d)
+    return PatchDiscriminator(
+        spatial_dims=2, channels=channels, in_channels=in_channels, num_layers_d=num_layers_d
+    )
 
 
 def adversarial_terms(
@@ -295,12 +305,20 @@ class VAELossModule(nn.Module):
     ) -> None:
         super().__init__()
         if adversarial_weight and discriminator is None:
-            raise ValueError("VAELossModule: adversarial_weight > 0 needs a discriminator (build_discriminator())")
+            raise ValueError(
+                "VAELossModule: adversarial_weight > 0 needs a discriminator (build_discriminator())"
+            )
         if adversarial_kind not in ADVERSARIAL_KINDS:
-            raise ValueError(f"adversarial_kind must be one of {list(ADVERSARIAL_KINDS)}, got {adversarial_kind!r}")
+            raise ValueError(
+                f"adversarial_kind must be one of {list(ADVERSARIAL_KINDS)}, got {adversarial_kind!r}"
+            )
         self.vae = vae
         self.discriminator = discriminator
-        self.weights = {"kl_weight": kl_weight, "ssim_weight": ssim_weight, "gradient_weight": gradient_weight}
+        self.weights = {
+            "kl_weight": kl_weight,
+            "ssim_weight": ssim_weight,
+            "gradient_weight": gradient_weight,
+        }
         self.adversarial_weight = float(adversarial_weight)
         self.adversarial_kind = adversarial_kind
 
@@ -309,7 +327,9 @@ class VAELossModule(nn.Module):
         recon, z_mu, z_sigma = self.vae(images)
         loss, metrics = vae_loss(recon, images, z_mu, z_sigma, **self.weights)
         if self.discriminator is not None and self.adversarial_weight:
-            g_loss, d_loss = adversarial_terms(self.discriminator, recon.float(), images.float(), self.adversarial_kind)
+            g_loss, d_loss = adversarial_terms(
+                self.discriminator, recon.float(), images.float(), self.adversarial_kind
+            )
             loss = loss + self.adversarial_weight * g_loss + d_loss
             metrics.update(generator_adv=g_loss.detach(), discriminator=d_loss.detach())
         return loss, metrics

@@ -1,4 +1,5 @@
-"""Runs: one notebook execution = one run directory ``runs/<run_id>/`` (layer: below every study and shared layer).
+"""Runs: one notebook execution = one run directory ``runs/<run_id>/`` (layer: below every study and shared
+layer).
 
 - ``execute``: papermill execution of a notebook or a chain into a run directory, and run lookups.
 - ``context``: what a notebook asks about the run it is in (its directory, id, metrics, provenance).
@@ -36,7 +37,23 @@ from ctlib.runs.execute import (
 from ctlib.runs.record import RunRecord
 
 __all__ = [
-    "RUN_DIR_ENV_VAR", "RUN_ID_ENV_VAR", "RunFailed", "RunRecord", "RunResult", "current_run_dir", "current_run_id",
-    "figure_provenance", "latest_run", "load_metrics", "new_run_id", "read_run", "run_chain", "run_dir_of",
-    "run_notebook", "save_metrics", "short_name", "snapshot_parameters", "upstream_run_dir",
+    "RUN_DIR_ENV_VAR",
+    "RUN_ID_ENV_VAR",
+    "RunFailed",
+    "RunRecord",
+    "RunResult",
+    "current_run_dir",
+    "current_run_id",
+    "figure_provenance",
+    "latest_run",
+    "load_metrics",
+    "new_run_id",
+    "read_run",
+    "run_chain",
+    "run_dir_of",
+    "run_notebook",
+    "save_metrics",
+    "short_name",
+    "snapshot_parameters",
+    "upstream_run_dir",
 ]

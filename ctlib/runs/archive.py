@@ -52,7 +52,9 @@ def archive_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------ selecting files
-def select_files(run_dir: Path, max_file_bytes: int = MAX_FILE_BYTES) -> tuple[list[str], list[dict[str, str]]]:
+def select_files(
+    run_dir: Path, max_file_bytes: int = MAX_FILE_BYTES
+) -> tuple[list[str], list[dict[str, str]]]:
     """``(kept, skipped)`` of a run folder: relative paths to copy, and ``{"path", "reason"}`` for the rest.
 
     Kept: the record files, the executed notebook and CSV tables at the top level, and figures under

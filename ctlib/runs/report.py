@@ -39,8 +39,16 @@ def output_lines(run_dir: Path) -> list[str]:
     status = record.status + (f": {record.error}" if record.error else "")
     rows = [
         ("run folder", f"{display_path(run_dir)}/"),
-        ("executed notebook", display_path(notebook) if record.output_notebook and notebook.is_file() else "none"),
-        ("metrics", f"{display_path(metrics)} ({n_metrics} value{'s' if n_metrics != 1 else ''})" if n_metrics else "none saved"),
+        (
+            "executed notebook",
+            display_path(notebook) if record.output_notebook and notebook.is_file() else "none",
+        ),
+        (
+            "metrics",
+            f"{display_path(metrics)} ({n_metrics} value{'s' if n_metrics != 1 else ''})"
+            if n_metrics
+            else "none saved",
+        ),
         ("figures", ", ".join(display_path(f) for f in figures) or "none"),
     ]
     return [f"run {record.run_id}: {status}"] + [f"  {label + ':':<19}{value}" for label, value in rows]

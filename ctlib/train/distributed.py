@@ -49,7 +49,10 @@ def world_from_env(env: Mapping[str, str] | None = None) -> WorldInfo:
     except ValueError as err:
         raise ValueError(f"RANK / LOCAL_RANK / WORLD_SIZE must be integers: {err}") from None
     if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
-        raise ValueError(f"inconsistent torchrun environment: RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size}")
+        raise ValueError(
+            f"inconsistent torchrun environment: RANK={rank}, LOCAL_RANK={local_rank}, "
+            f"WORLD_SIZE={world_size}"
+        )
     initialized = dist.is_available() and dist.is_initialized()
     return WorldInfo(rank, local_rank, world_size, initialized)
 
@@ -100,7 +103,8 @@ def wrap_model(model: nn.Module, world: WorldInfo, device: torch.device) -> nn.M
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    """The plain module under ``DistributedDataParallel`` (``.module``) and ``torch.compile``
+    (``._orig_mod``)."""
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module

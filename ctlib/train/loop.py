@@ -53,7 +53,8 @@ class TrainConfig(ConfigDict):
     checkpoint_every: int = 100  # steps per checkpoint (one file, replaced atomically)
     seed: int = 0
     device: str = "auto"  # "auto": cuda:LOCAL_RANK if available, else cpu
-    max_minutes: float = 0.0  # wall-clock budget: stop (after a checkpoint) at the first log step past it; 0 = none
+    # wall-clock budget: stop (after a checkpoint) at the first log step past it; 0 = none
+    max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
@@ -62,7 +63,9 @@ class TrainConfig(ConfigDict):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.steps < 0 or self.lr <= 0 or self.grad_clip < 0 or self.max_minutes < 0:
-            raise ValueError(f"TrainConfig: need steps >= 0, lr > 0, grad_clip >= 0, max_minutes >= 0; got {self}")
+            raise ValueError(
+                f"TrainConfig: need steps >= 0, lr > 0, grad_clip >= 0, max_minutes >= 0; got {self}"
+            )
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -77,7 +80,12 @@ def batch_stream(
     """A ``BatchStream`` with the config's batch size and seed, sharded for this rank."""
     world = world or distributed.world_from_env()
     return BatchStream(
-        dataset, batch_size=config.batch_size, seed=config.seed, rank=world.rank, world_size=world.world_size, **kwargs
+        dataset,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        rank=world.rank,
+        world_size=world.world_size,
+        **kwargs,
     )
 
 
@@ -96,7 +104,9 @@ def autocast_context(amp: Amp, device: torch.device) -> contextlib.AbstractConte
     if amp == "none":
         return contextlib.nullcontext()
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"amp='bf16' but {torch.cuda.get_device_name(device)} does not support bfloat16; use amp='none'")
+        raise ValueError(
+            f"amp='bf16' but {torch.cuda.get_device_name(device)} does not support bfloat16; use amp='none'"
+        )
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
@@ -113,7 +123,11 @@ def _check_resumable(
     ]
     if ckpt["extra"].get("world_size", 1) != world.world_size:
         problems.append(f"world_size={ckpt['extra'].get('world_size')} (this run: {world.world_size})")
-    if model_config is not None and ckpt["config"].get("model") and ckpt["config"]["model"] != to_plain(model_config):
+    if (
+        model_config is not None
+        and ckpt["config"].get("model")
+        and ckpt["config"]["model"] != to_plain(model_config)
+    ):
         problems.append("a different model config")
     if problems:
         raise ValueError(
@@ -156,16 +170,26 @@ def train(
     if clash:
         raise ValueError(f"train: extra must not use the reserved key(s) {clash}")
     world = world or distributed.world_from_env()
-    if getattr(data, "world_size", world.world_size) != world.world_size or getattr(data, "rank", world.rank) != world.rank:
-        raise ValueError(f"train: data is sharded for rank {data.rank} of {data.world_size}, this is rank {world.rank} of {world.world_size}")
+    if (
+        getattr(data, "world_size", world.world_size) != world.world_size
+        or getattr(data, "rank", world.rank) != world.rank
+    ):
+        raise ValueError(
+            f"train: data is sharded for rank {data.rank} of {data.world_size}, this is rank {world.rank} of "
+            f"{world.world_size}"
+        )
     if getattr(data, "batch_size", config.batch_size) != config.batch_size:
-        raise ValueError(f"train: data batch_size={data.batch_size} but config.batch_size={config.batch_size}")
+        raise ValueError(
+            f"train: data batch_size={data.batch_size} but config.batch_size={config.batch_size}"
+        )
     device = distributed.resolve_device(config.device, world)
     autocast_context(config.amp, device)  # fail early on an unsupported combination
     base = model.to(device)
     if optimizer is None:
         params = [p for p in base.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+        optimizer = torch.optim.AdamW(
+            params, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule) if lr_schedule is not None else None
     stored_config = {"model": to_plain(model_config or {}), "train": config.to_dict()}
     path = Path(checkpoint_path)
@@ -228,7 +252,11 @@ def train(
         for micro in range(accum):
             batch = _to_device(next(data), device)
             last = micro == accum - 1
-            sync = ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) and not last else contextlib.nullcontext()
+            sync = (
+                ddp.no_sync()
+                if isinstance(ddp, nn.parallel.DistributedDataParallel) and not last
+                else contextlib.nullcontext()
+            )
             with sync:
                 with autocast_context(config.amp, device):
                     loss, metrics = loss_fn(batch, net)
@@ -251,8 +279,11 @@ def train(
         n_logged += 1
         if step % config.log_every == 0 or step == config.steps:
             now = time.perf_counter()
-            past = {"_past_deadline": float(now > deadline)}  # reduced with the metrics: every rank stops together
-            means = distributed.all_reduce_mean({**{k: float(v) / n_logged for k, v in sums.items()}, **past}, world)
+            # reduced with the metrics: every rank stops together
+            past = {"_past_deadline": float(now > deadline)}
+            means = distributed.all_reduce_mean(
+                {**{k: float(v) / n_logged for k, v in sums.items()}, **past}, world
+            )
             out_of_time = means.pop("_past_deadline") > 0
             record = {"step": step, "lr": lr, **means, "seconds_per_step": (now - t_log) / n_logged}
             history.append(record)

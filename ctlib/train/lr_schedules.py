@@ -12,7 +12,8 @@ import math
 
 @dataclasses.dataclass
 class WarmupCosine:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps`` (Loshchilov & Hutter 2017)."""
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``
+    (Loshchilov & Hutter 2017)."""
 
     warmup_steps: int
     total_steps: int

@@ -1,4 +1,5 @@
-"""Resumable data order: an index stream that is a pure function of (seed, epoch, position), and batches of it.
+"""Resumable data order: an index stream that is a pure function of (seed, epoch, position), and batches of
+it.
 
 ``IndexStream`` yields dataset indices forever: epoch ``e`` is the permutation drawn from
 ``numpy.random.default_rng([seed, e])``, sharded by rank (``distributed.shard_indices``). Its whole
@@ -42,7 +43,9 @@ class IndexStream:
         if n < 1:
             raise ValueError(f"IndexStream: need at least one index, got n={n}")
         if groups is not None and (sum(groups) != n or min(groups) < 1):
-            raise ValueError(f"IndexStream: groups must be positive sizes summing to n={n}, got sum {sum(groups)}")
+            raise ValueError(
+                f"IndexStream: groups must be positive sizes summing to n={n}, got sum {sum(groups)}"
+            )
         self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
         self.rank, self.world_size = int(rank), int(world_size)
         shard_indices(np.arange(1), self.rank, self.world_size)  # validates rank / world_size
@@ -99,7 +102,13 @@ class IndexStream:
 
     def state_dict(self) -> dict[str, int]:
         """``position`` plus what must match on resume (n, seed, rank, world size)."""
-        return {"position": self.position, "n": self.n, "seed": self.seed, "rank": self.rank, "world_size": self.world_size}
+        return {
+            "position": self.position,
+            "n": self.n,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Fast-forward to a saved position; refuse a state from another dataset size, seed or world size."""
@@ -173,7 +182,9 @@ class BatchStream:
         todo = self.next_indices()
         if self.num_workers > 0:
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self.num_workers, thread_name_prefix="batch")
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.num_workers, thread_name_prefix="batch"
+                )
             items = list(self._pool.map(lambda ip: self._load(*ip), todo))
         else:
             items = [self._load(i, p) for i, p in todo]

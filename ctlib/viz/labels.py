@@ -147,7 +147,9 @@ class LabelSet:
         if not masks:
             raise ValueError("from_masks needs at least one mask")
         if len(masks) > MAX_BITS:
-            raise ValueError(f"at most {MAX_BITS} overlapping masks, got {len(masks)}; pass a label map instead")
+            raise ValueError(
+                f"at most {MAX_BITS} overlapping masks, got {len(masks)}; pass a label map instead"
+            )
         shapes = {np.shape(m) for m in masks.values()}
         if len(shapes) != 1:
             raise ValueError(f"masks must share one shape, found {sorted(shapes)}")
@@ -177,7 +179,9 @@ class LabelSet:
     def legend(self, labels: list[int] | None = None) -> list[LegendEntry]:
         """Legend entries for ``labels`` (default: every label with a name), sorted by name."""
         labels = list(self.names) if labels is None else labels
-        entries = [LegendEntry(k, self.names.get(k, f"label {k}"), rgb_to_hex(self.lut_rgba[k])) for k in labels]
+        entries = [
+            LegendEntry(k, self.names.get(k, f"label {k}"), rgb_to_hex(self.lut_rgba[k])) for k in labels
+        ]
         return sorted(entries, key=lambda e: e.name.lower())
 
     def pick(self, value: int) -> list[str]:

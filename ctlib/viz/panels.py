@@ -62,8 +62,13 @@ def window_grid(
     if not volumes:
         raise ValueError("window_grid needs at least one volume")
     n_cols = len(windows) + 1
-    fig, axes = plt.subplots(len(volumes), n_cols, figsize=(panel_size_in * n_cols, panel_size_in * len(volumes)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(volumes),
+        n_cols,
+        figsize=(panel_size_in * n_cols, panel_size_in * len(volumes)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, (name, volume) in enumerate(volumes.items()):
         # Radiological convention: anterior up, patient's right on the image's left, head up.
         volume = reorient_to_lps(volume)

@@ -71,7 +71,9 @@ def _label_gray_table(lut_bytes: bytes, n_labels: int, opacity: float) -> np.nda
     return pack_rgba(table.astype(np.uint8)).reshape(-1)
 
 
-def labels_over_gray(gray: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float) -> np.ndarray:
+def labels_over_gray(
+    gray: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float
+) -> np.ndarray:
     """``(H, W, 4)`` uint8: the pixels of ``gray_to_rgb`` + ``blend_labels``, by one lookup in a
     (label, gray) -> RGBA table (about 20x faster than blending the masked pixels)."""
     lut_rgba = np.ascontiguousarray(lut_rgba, dtype=np.uint8)
@@ -100,7 +102,9 @@ def _blend(rgb: np.ndarray, mask: np.ndarray, colors: np.ndarray, alpha: np.ndar
     rgb[mask] = under.astype(np.uint8)
 
 
-def blend_labels(rgb: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float = 1.0) -> np.ndarray:
+def blend_labels(
+    rgb: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float = 1.0
+) -> np.ndarray:
     """Alpha-blend a label map into ``rgb`` in place: label ``k`` gets colour ``lut_rgba[k, :3]`` with
     alpha ``lut_rgba[k, 3] / 255 * opacity``; label 0 is background (untouched)."""
     mask = labels_slice > 0
@@ -111,7 +115,9 @@ def blend_labels(rgb: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray
     return rgb
 
 
-def blend_masks(rgb: np.ndarray, bits_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float = 1.0) -> np.ndarray:
+def blend_masks(
+    rgb: np.ndarray, bits_slice: np.ndarray, lut_rgba: np.ndarray, opacity: float = 1.0
+) -> np.ndarray:
     """Alpha-blend bit-packed overlapping masks in place, bit 0 first (``LabelSet`` mode ``"bits"``)."""
     if opacity <= 0:
         return rgb
@@ -123,7 +129,9 @@ def blend_masks(rgb: np.ndarray, bits_slice: np.ndarray, lut_rgba: np.ndarray, o
     return rgb
 
 
-def label_outlines(rgb: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, mode: str = "ids") -> np.ndarray:
+def label_outlines(
+    rgb: np.ndarray, labels_slice: np.ndarray, lut_rgba: np.ndarray, mode: str = "ids"
+) -> np.ndarray:
     """Draw each label's 1-pixel inner boundary in its colour, in place (ids or bit-packed masks)."""
     if mode == "bits":
         for bit in range(len(lut_rgba)):
@@ -147,7 +155,8 @@ def dose_colorwash(
     threshold_fraction: float = 0.1,
     lut: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dose colour wash in place: colormap of ``dose / max_gy`` blended where dose >= threshold_fraction * max_gy."""
+    """Dose colour wash in place: colormap of ``dose / max_gy`` blended
+    where dose >= threshold_fraction * max_gy."""
     if max_gy <= 0:
         raise ValueError(f"max_gy must be positive, got {max_gy}")
     lut = colormap_lut() if lut is None else lut
@@ -221,7 +230,9 @@ def resample_for_aspect(image: np.ndarray, row_spacing_mm: float, col_spacing_mm
 
 def raw_plane(array: np.ndarray, axis: str, index: int) -> np.ndarray:
     """The raw slice of a ``(z, y, x)`` array: ``[k]``, ``[:, j, :]`` or ``[:, :, i]`` (no flip)."""
-    return array[index] if axis == "axial" else array[:, index, :] if axis == "coronal" else array[:, :, index]
+    return (
+        array[index] if axis == "axial" else array[:, index, :] if axis == "coronal" else array[:, :, index]
+    )
 
 
 def _take(plane: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
@@ -285,7 +296,9 @@ def render_base(state: ViewerState, axis: str, volume: int = 0) -> Base:
     return base
 
 
-def render_pane_rgba(state: ViewerState, axis: str, volume: int = 0, crosshair: bool | None = None) -> np.ndarray:
+def render_pane_rgba(
+    state: ViewerState, axis: str, volume: int = 0, crosshair: bool | None = None
+) -> np.ndarray:
     """``(H, W, 4)`` uint8 of the ``axis`` pane of volume number ``volume`` (alpha 255): what is encoded."""
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, got {axis!r}")

@@ -138,7 +138,8 @@ class DisplayVolume:
         return (self._from_lps @ (np.asarray(position_mm) - np.asarray(self.volume.origin)))[::-1]
 
     def index_of(self, position_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest voxel ``(k, j, i)`` (clipped) and, per axis, whether the position lies inside the volume."""
+        """Nearest voxel ``(k, j, i)`` (clipped) and, per axis,
+        whether the position lies inside the volume."""
         f = self.index_float(position_mm)
         shape = np.array(self.volume.shape)
         inside = (f >= -0.5) & (f < shape - 0.5)
@@ -169,7 +170,11 @@ def _pane_layout(dv: DisplayVolume, axis: str) -> PaneLayout:
                         _simplify(raw_rows, rows_n), _simplify(src_cols, cols_n))
     if dv.has_overlay:
         mk, mj, mi = dv.overlay_maps or (np.arange(nz), np.arange(ny), np.arange(nx))
-        slice_map, row_map, col_map = {"axial": (mk, mj, mi), "coronal": (mj, mk, mi), "sagittal": (mi, mk, mj)}[axis]
+        slice_map, row_map, col_map = {
+            "axial": (mk, mj, mi),
+            "coronal": (mj, mk, mi),
+            "sagittal": (mi, mk, mj),
+        }[axis]
         oz, oy, ox = dv.overlay_shape
         layout.ovl_slice = slice_map
         layout.ovl_rows = _simplify(row_map[raw_rows], {"axial": oy}.get(axis, oz))
@@ -221,13 +226,18 @@ def crosshair_pixel(state: ViewerState, axis: str, volume: int = 0) -> tuple[int
     kji, inside = dv.index_of(state.position_mm)
     k, j, i = (int(v) for v in kji)
     nz = dv.volume.shape[0]
-    src, ok = {"axial": ((j, i), (inside[1], inside[2])), "coronal": ((nz - 1 - k, i), (inside[0], inside[2])),
-               "sagittal": ((nz - 1 - k, j), (inside[0], inside[1]))}[axis]
+    src, ok = {
+        "axial": ((j, i), (inside[1], inside[2])),
+        "coronal": ((nz - 1 - k, i), (inside[0], inside[2])),
+        "sagittal": ((nz - 1 - k, j), (inside[0], inside[1])),
+    }[axis]
     row, col = dv.layout(axis).display_of(*src)
     return (row if ok[0] else None), (col if ok[1] else None)
 
 
-def position_from_click(state: ViewerState, axis: str, volume: int, frac_x: float, frac_y: float) -> np.ndarray:
+def position_from_click(
+    state: ViewerState, axis: str, volume: int, frac_x: float, frac_y: float
+) -> np.ndarray:
     """The LPS position a click at fractions ``(frac_x, frac_y)`` of a displayed pane points to; the
     coordinate along the pane's normal is kept."""
     dv = state.volumes[volume]
@@ -251,7 +261,11 @@ def probe(state: ViewerState) -> list[dict[str, Any]]:
     rows = []
     for dv in state.volumes:
         kji, inside = dv.index_of(state.position_mm)
-        row: dict[str, Any] = {"volume": dv.name, "index_kji": tuple(int(v) for v in kji), "inside": bool(inside.all())}
+        row: dict[str, Any] = {
+            "volume": dv.name,
+            "index_kji": tuple(int(v) for v in kji),
+            "inside": bool(inside.all()),
+        }
         row["hu"] = float(dv.volume.array[tuple(kji)]) if inside.all() else None
         if dv.has_overlay and inside.all():
             o = tuple(int(m[v]) if dv.overlay_maps else int(v) for m, v in

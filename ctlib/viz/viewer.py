@@ -57,7 +57,9 @@ def run_volume(run_id: str, volume_id: str, *, require_completed: bool = False) 
     path = folder / f"{volume_id}.npz"
     if not path.is_file():
         known = sorted(p.stem for p in folder.glob("*.npz"))[:10]
-        raise FileNotFoundError(f"run {run_id!r} has no cached volume {volume_id!r} ({path}); cached: {known or 'none'}")
+        raise FileNotFoundError(
+            f"run {run_id!r} has no cached volume {volume_id!r} ({path}); cached: {known or 'none'}"
+        )
     return cache.load_volume(path)
 
 
@@ -116,8 +118,12 @@ def default_isodose_levels(max_gy: float) -> tuple[float, ...]:
 
 
 def _same_grid(a: Volume, b: Volume) -> bool:
-    return (a.shape == b.shape and np.allclose(a.spacing, b.spacing, atol=1e-4)
-            and np.allclose(a.origin, b.origin, atol=1e-3) and np.allclose(a.direction, b.direction, atol=1e-4))
+    return (
+        a.shape == b.shape
+        and np.allclose(a.spacing, b.spacing, atol=1e-4)
+        and np.allclose(a.origin, b.origin, atol=1e-3)
+        and np.allclose(a.direction, b.direction, atol=1e-4)
+    )
 
 
 def build_state(
@@ -153,8 +159,13 @@ def build_state(
             break
     overlay_shape = None
     if labels is not None and not isinstance(labels, (str, os.PathLike)):
-        overlay_shape = (labels.array if isinstance(labels, label_tables.LabelSet) else
-                         next(iter(labels.values())) if isinstance(labels, Mapping) else np.asarray(labels)).shape
+        overlay_shape = (
+            labels.array
+            if isinstance(labels, label_tables.LabelSet)
+            else next(iter(labels.values()))
+            if isinstance(labels, Mapping)
+            else np.asarray(labels)
+        ).shape
     overlay_shape = overlay_shape or (np.shape(dose_gy) if dose_gy is not None else None)
     if overlay_on is None and (labels is not None or dose_gy is not None):
         matches = [n for n, (v, _, _) in loaded.items() if overlay_shape in (None, v.shape)]
@@ -169,7 +180,9 @@ def build_state(
     if labels is not None:
         label_set = _label_set(labels, label_names, ref)
         if label_set.array.shape != ref.shape:
-            raise ValueError(f"labels have shape {label_set.array.shape}, volume {overlay_on!r} has {ref.shape}")
+            raise ValueError(
+                f"labels have shape {label_set.array.shape}, volume {overlay_on!r} has {ref.shape}"
+            )
         label_set = dataclasses.replace(label_set, array=view_state.reorient_array_like(label_set.array, ref))
     if dose_gy is not None:
         dose_gy = np.asarray(dose_gy, dtype=np.float32)
@@ -239,11 +252,16 @@ def static_panes(
     state = source if isinstance(source, view_state.ViewerState) else build_state(source, **build_kwargs)
     n = len(state.volumes)
     # Widths and heights in mm, so every pane of every row is drawn at one physical scale.
-    extents = [[np.multiply(dv.layout(a).shape, dv.layout(a).pixel_mm) for a in view_state.AXES] for dv in state.volumes]
+    extents = [
+        [np.multiply(dv.layout(a).shape, dv.layout(a).pixel_mm) for a in view_state.AXES]
+        for dv in state.volumes
+    ]
     col_mm = [max(e[c][1] for e in extents) for c in range(3)]
     row_mm = [max(h for h, _ in e) for e in extents]
     scale = panel_in / col_mm[0]
-    entries = label_tables.legend_entries(state) + (label_tables.dose_legend_entries(state) if state.show_isodose else [])
+    entries = label_tables.legend_entries(state) + (
+        label_tables.dose_legend_entries(state) if state.show_isodose else []
+    )
     panes_in = (sum(col_mm) * scale + 0.6, sum(row_mm) * scale + 0.6 * n + 0.4)
     row_in, column_in = 0.24, 0.105 * max((len(e.name) for e in entries), default=0) + 0.7  # at 12 pt
     if legend_loc == "right":
@@ -267,11 +285,19 @@ def static_panes(
                 index = view_state.slice_index(state, axis, r)
                 ax.set_title(f"{axis} {'outside' if index is None else index}", fontsize=12)
             axes[r, 0].set_ylabel(dv.name)
-        handles = [Patch(facecolor=e.color, edgecolor="0.3", label=e.name) for e in label_tables.legend_entries(state)]
+        handles = [
+            Patch(facecolor=e.color, edgecolor="0.3", label=e.name)
+            for e in label_tables.legend_entries(state)
+        ]
         handles += [Line2D([], [], color=e.color, lw=2, label=e.name) for e in entries[len(handles):]]
         if handles:
-            fig.legend(handles=handles, loc="outside right upper" if legend_loc == "right" else "outside lower center",
-                       fontsize=12, frameon=False, ncols=ncols)
+            fig.legend(
+                handles=handles,
+                loc="outside right upper" if legend_loc == "right" else "outside lower center",
+                fontsize=12,
+                frameon=False,
+                ncols=ncols,
+            )
         if title:
             fig.suptitle(title)
     mpl.interactive(interactive)
@@ -299,7 +325,11 @@ class Viewer:
         """``pane_px``: on-screen width of the widest axial pane (all panes share its mm per pixel);
         other keywords go to ``build_state`` (``overlay_on``, ``windows``, ``isodose_levels_gy``, ...)."""
         self.state = build_state(volumes, labels, label_names, dose_gy, window, **build_kwargs)
-        self.image_format, self.jpeg_quality, self.png_compress_level = image_format, jpeg_quality, png_compress_level
+        self.image_format, self.jpeg_quality, self.png_compress_level = (
+            image_format,
+            jpeg_quality,
+            png_compress_level,
+        )
         self.jpeg_subsampling = jpeg_subsampling
         self._frame_keys: dict[tuple[int, str], tuple] = {}
         self.controls = viewer_widgets.Controls(self, pane_px)
@@ -308,7 +338,8 @@ class Viewer:
 
     @classmethod
     def from_run(cls, run_id: str, volume_id: str, **kwargs: Any) -> Viewer:
-        """The viewer on a volume of a run's preprocessing cache (``runs/<id>/cache/volumes/<volume_id>.npz``)."""
+        """The viewer on a volume of a run's preprocessing cache
+        (``runs/<id>/cache/volumes/<volume_id>.npz``)."""
         return cls({volume_id: RunOutput(run_id, volume_id)}, **kwargs)
 
     def __repr__(self) -> str:

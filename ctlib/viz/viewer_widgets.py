@@ -89,9 +89,17 @@ class Controls:
                               "ctlib-viewer-dose-toggle")
         self.show_isodose = _css(w.Checkbox(state.show_isodose, description="isodose lines", indent=False),
                                  "ctlib-viewer-isodose-toggle")
-        self.dose_opacity = _css(w.FloatSlider(state.dose_opacity, min=0, max=1, step=0.05,
-                                               description="wash opacity", style={"description_width": "initial"}),
-                                 "ctlib-viewer-dose-opacity")
+        self.dose_opacity = _css(
+            w.FloatSlider(
+                state.dose_opacity,
+                min=0,
+                max=1,
+                step=0.05,
+                description="wash opacity",
+                style={"description_width": "initial"},
+            ),
+            "ctlib-viewer-dose-opacity",
+        )
         self.isodose_levels = _css(w.Text(", ".join(f"{v:g}" for v in state.isodose_levels_gy),
                                           description="levels (Gy)", continuous_update=False,
                                           style={"description_width": "initial"}),
@@ -122,15 +130,26 @@ class Controls:
                 self._watch(image, axis, v)
                 row[axis] = image
             self.images.append(row)
-            name = w.HTML(f'<div style="writing-mode:vertical-rl;transform:rotate(180deg)">{html.escape(dv.name)}</div>',
-                          layout=w.Layout(width="22px"))
+            name = w.HTML(
+                '<div style="writing-mode:vertical-rl;transform:rotate(180deg)">'
+                f"{html.escape(dv.name)}</div>",
+                layout=w.Layout(width="22px"),
+            )
             grid_rows.append(w.HBox([name, *row.values()], layout=w.Layout(align_items="flex-start")))
         overlay_box = []
         if state.labels is not None:
             overlay_box += [w.HBox([self.show_labels, self.label_outline]), self.label_opacity, self.legend]
         if state.dose_gy is not None:
-            overlay_box += [self.show_dose, self.show_isodose, self.dose_opacity, self.isodose_levels, self.dose_legend]
-        self.side = side = w.VBox([self.crosshair, *overlay_box, self.readout], layout=w.Layout(width="300px"))
+            overlay_box += [
+                self.show_dose,
+                self.show_isodose,
+                self.dose_opacity,
+                self.isodose_levels,
+                self.dose_legend,
+            ]
+        self.side = side = w.VBox(
+            [self.crosshair, *overlay_box, self.readout], layout=w.Layout(width="300px")
+        )
         top = w.VBox([self.window, w.HBox([self.level, self.width]), w.HBox(list(self.sliders.values()))])
         css = w.HTML("<style>.ctlib-viewer-upscaled{image-rendering:pixelated}</style>")
         body = w.HBox([w.VBox(grid_rows), side], layout=w.Layout(flex_flow="row wrap"))
@@ -149,7 +168,9 @@ class Controls:
         """A click moves the crosshair there; the wheel steps through slices of that pane."""
         if event.get("type") == "wheel":
             slider = self.sliders[axis]
-            slider.value = int(np.clip(slider.value + np.sign(event.get("deltaY", 0)), slider.min, slider.max))
+            slider.value = int(
+                np.clip(slider.value + np.sign(event.get("deltaY", 0)), slider.min, slider.max)
+            )
         elif event.get("type") == "click":
             self.viewer.click(axis, volume, event)
 

@@ -73,12 +73,16 @@ def _triple(size: int | Sequence[int]) -> tuple[int, int, int]:
 def patch_corner(
     centre: Sequence[int], shape: Sequence[int], patch: Sequence[int]
 ) -> tuple[int, ...]:
-    """First voxel of a ``patch`` centred on ``centre``, shifted to lie inside ``shape`` (0 where the patch is larger)."""
-    return tuple(int(min(max(c - p // 2, 0), max(n - p, 0))) for c, n, p in zip(centre, shape, patch, strict=True))
+    """First voxel of a ``patch`` centred on ``centre``, shifted to lie inside ``shape``
+    (0 where the patch is larger)."""
+    return tuple(
+        int(min(max(c - p // 2, 0), max(n - p, 0))) for c, n, p in zip(centre, shape, patch, strict=True)
+    )
 
 
 def crop_padded(array: np.ndarray, corner: Sequence[int], patch: Sequence[int], fill: float) -> np.ndarray:
-    """The ``patch`` of the last three axes of ``array`` starting at ``corner``, padded with ``fill`` past the edges."""
+    """The ``patch`` of the last three axes of ``array`` starting at ``corner``,
+    padded with ``fill`` past the edges."""
     region = array[(..., *(slice(c, c + p) for c, p in zip(corner, patch, strict=True)))]
     pads = [(0, 0)] * (array.ndim - 3) + [(0, p - n) for n, p in zip(region.shape[-3:], patch, strict=True)]
     if any(after for _, after in pads):
@@ -125,7 +129,8 @@ class DosePatchDataset:
         self.seed = int(seed)
         self.lru_size = max(1, int(lru_size))
         self.lru = lru.LoadingLRU(load_dose_patient, self.lru_size)
-        self.groups = [self.patches_per_patient] * len(self.sources)  # BatchStream keeps a patient's draws together
+        # BatchStream keeps a patient's draws together
+        self.groups = [self.patches_per_patient] * len(self.sources)
 
     @property
     def normalization(self) -> dict[str, Any]:
@@ -155,7 +160,9 @@ class DosePatchDataset:
         voxels = np.flatnonzero(region)
         if voxels.size == 0:  # no pdm either: anywhere in the volume
             return tuple(int(rng.integers(0, n)) for n in patient.shape)  # type: ignore[return-value]
-        return tuple(int(v) for v in np.unravel_index(int(voxels[rng.integers(0, voxels.size)]), patient.shape))  # type: ignore[return-value]
+        return tuple(
+            int(v) for v in np.unravel_index(int(voxels[rng.integers(0, voxels.size)]), patient.shape)
+        )  # type: ignore[return-value]
 
     def sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """Patch ``index`` with its position drawn from ``rng`` (see the class docstring)."""
@@ -187,7 +194,8 @@ def patient_tensors(
     sdf_clip_mm: float = SDF_CLIP_MM,
     include_pdm: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """A whole patient as a batch of one: ``inputs`` ``(1, C, D, H, W)``, ``constraints`` ``(1, K)``, ``dose``, ``pdm``, ``masks``."""
+    """A whole patient as a batch of one: ``inputs`` ``(1, C, D, H, W)``, ``constraints`` ``(1, K)``,
+    ``dose``, ``pdm``, ``masks``."""
     inputs = network_inputs(patient, window=window, sdf_clip_mm=sdf_clip_mm, include_pdm=include_pdm)
     return {
         "inputs": torch.from_numpy(inputs)[None],

@@ -35,7 +35,8 @@ def read_rt_patient(
     patient_id: str,
     split: str | None = None,
 ) -> OpenKBPPatient:
-    """A CT series folder + RTSTRUCT + RTDOSE -> ``OpenKBPPatient`` (ready for ``ctlib.studies.dose.features``).
+    """A CT series folder + RTSTRUCT + RTDOSE -> ``OpenKBPPatient`` (ready for
+    ``ctlib.studies.dose.features``).
 
     DICOM-RT has no possible-dose mask: the CT's body mask (``ctlib.data.body_mask``, -500 HU
     threshold) stands in for it, as the region where a plan can deposit dose. Both RT objects must
@@ -45,7 +46,9 @@ def read_rt_patient(
     series = dicom_read.list_series(ct_folder)
     frame = ct_frame_of_reference(series[0].files[0]) if series else None
     if frame is None:
-        raise CTInputError(ct_folder, "the CT series has no FrameOfReferenceUID: RT objects cannot be matched to it")
+        raise CTInputError(
+            ct_folder, "the CT series has no FrameOfReferenceUID: RT objects cannot be matched to it"
+        )
     ct.meta["frame_of_reference_uid"] = frame
     structures = read_structures(rtstruct, ct)
     dose_gy = read_rtdose(rtdose, ct)

@@ -1,4 +1,5 @@
-"""Conditional diffusion for dose prediction (an ablation of the U-Net regressor; Ho et al. 2020, Song et al. 2021).
+"""Conditional diffusion for dose prediction (an ablation of the U-Net regressor; Ho et al. 2020, Song et al.
+2021).
 
 The dose, scaled to ``x0 = 2 * dose_gy / dose_scale_gy - 1`` (0 Gy -> -1, ``dose_scale_gy`` -> +1), is
 denoised by MONAI's 3D ``DiffusionModelUNet`` (built by ``ctlib.models.latent_unet`` with one "latent"
@@ -54,7 +55,8 @@ def condition_channels(num_inputs: int, num_constraints: int, spec: DoseDiffusio
 
 
 class DoseDiffusion(nn.Module):
-    """The denoiser with its spec: ``forward(batch) -> (loss, metrics)`` for ``ctlib.train.loop.train``, and ``sampler``.
+    """The denoiser with its spec: ``forward(batch) -> (loss, metrics)`` for ``ctlib.train.loop.train``, and
+    ``sampler``.
 
     ``unet`` is a ``DiffusionModelUNet`` with ``in = 1 + condition_channels(...)`` and ``out = 1``;
     ``depth_multiple`` is ``latent_unet.required_depth_multiple`` (depth is padded to it; H and W must
@@ -62,7 +64,12 @@ class DoseDiffusion(nn.Module):
     """
 
     def __init__(
-        self, unet: nn.Module, spec: DoseDiffusionSpec, *, depth_multiple: int, constraint_scales: Sequence[float]
+        self,
+        unet: nn.Module,
+        spec: DoseDiffusionSpec,
+        *,
+        depth_multiple: int,
+        constraint_scales: Sequence[float],
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -73,7 +80,8 @@ class DoseDiffusion(nn.Module):
                              persistent=False)
 
     def condition(self, inputs: torch.Tensor, constraints: torch.Tensor) -> torch.Tensor:
-        """``(B, C, D, H, W)`` inputs and ``(B, K)`` constraints -> the condition ``(B, C (+ K), D, H, W)``."""
+        """``(B, C, D, H, W)`` inputs and ``(B, K)`` constraints -> the condition
+        ``(B, C (+ K), D, H, W)``."""
         if not self.spec.constraint_channels:
             return inputs
         planes = (constraints.float() / self.constraint_scales).to(inputs.dtype)
@@ -100,7 +108,8 @@ class DoseDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         name: str = "ddim",
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """A dose model ``(inputs (n, C, d, h, w), constraints (n, K)) -> dose_gy (n, 1, d, h, w)`` that samples.
+        """A dose model ``(inputs (n, C, d, h, w), constraints (n, K)) -> dose_gy (n, 1, d, h, w)`` that
+        samples.
 
         Each call runs the registered sampler ``name`` (DDIM, Song et al. 2021, by default; eta 0 is
         deterministic given the initial noise, drawn from ``generator``) from pure noise, in eval mode,

@@ -1,8 +1,10 @@
-"""OpenKBP-style evaluation of trained dose models (Babier et al., Med Phys 2021): dose score, DVH score, gamma, constraints.
+"""OpenKBP-style evaluation of trained dose models (Babier et al., Med Phys 2021): dose score, DVH score,
+gamma, constraints.
 
 Protocol, per patient of a split of the preprocessing run recorded in the model's checkpoint:
 
-- the whole dose is predicted by sliding windows (``ctlib.studies.dose.inference``; DDIM sampling for the diffusion
+- the whole dose is predicted by sliding windows (``ctlib.studies.dose.inference``; DDIM sampling for the
+diffusion
   variant, with a generator seeded per patient so a patient's sample does not depend on which others are
   evaluated) and set to 0 outside the possible-dose mask;
 - dose score = MAE in Gy inside the possible-dose mask (``ctlib.metrics.dose_scores.dose_score``), averaged
@@ -12,7 +14,8 @@ Protocol, per patient of a split of the preprocessing run recorded in the model'
   every (patient, structure, metric) pair (the challenge's number) and, per patient, over its own pairs;
 - gamma = global 3 % / 3 mm, 10 % low-dose cutoff of the planned maximum, the planned dose as reference
   (``ctlib.metrics.gamma``); the pass rate is averaged over patients;
-- the clinical constraint check (``dose_scores.constraint_table`` with ``ctlib.studies.dose.features`` limits) is made
+- the clinical constraint check (``dose_scores.constraint_table`` with ``ctlib.studies.dose.features`` limits)
+is made
   on the planned and the predicted dose, and the two verdicts compared.
 
 ``ANCHORS`` are the published numbers on the challenge's full 100-patient test set; the shared data holds 40
@@ -69,7 +72,8 @@ class DoseModelBundle:
     variant: str  # the loss name of a U-Net, "diffusion" for the diffusion ablation
     module: nn.Module
     run: run_kind.DoseRun  # what the checkpoint and params.json of the training run record
-    window_options: dict[str, Any] = field(default_factory=dict)  # roi_size, overlap, blend, sw_batch_size, sw_device
+    # roi_size, overlap, blend, sw_batch_size, sw_device
+    window_options: dict[str, Any] = field(default_factory=dict)
     sample_steps: int = 20
     sample_eta: float = 0.0
     seed: int = 0
@@ -87,11 +91,13 @@ class DoseModelBundle:
         return str(self.run.preprocess_run_id)
 
     def predictor(self) -> inference.DoseModel:
-        """``(inputs, constraints) -> dose_gy``; a fresh generator seeded by ``seed`` for the diffusion sampler."""
+        """``(inputs, constraints) -> dose_gy``;
+        a fresh generator seeded by ``seed`` for the diffusion sampler."""
         device = next(self.module.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        return model_io.dose_predictor(self.module, sample_steps=self.sample_steps, sample_eta=self.sample_eta,
-                                       generator=generator)
+        return model_io.dose_predictor(
+            self.module, sample_steps=self.sample_steps, sample_eta=self.sample_eta, generator=generator
+        )
 
     def predict(self, patient: DosePatient) -> np.ndarray:
         """Whole-patient dose ``(D, H, W)`` in Gy, with the checkpoint's input normalization."""
@@ -122,19 +128,28 @@ def load_dose_run(
     run_dir = Path(run_dir)
     path = run_kind.DoseRun.checkpoint_file(run_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir.name}: no dose checkpoint {path} (is it a run of the dose training notebook?)")
+        raise FileNotFoundError(
+            f"{run_dir.name}: no dose checkpoint {path} (is it a run of the dose training notebook?)"
+        )
     run = run_kind.DoseRun.load(run_dir, map_location=device, use_ema=use_ema)
     trained = run.parameters
     roi = roi_size or trained.get("sw_roi") or run.patch_size
-    options = {"roi_size": [int(r) for r in roi], "overlap": float(trained.get("sw_overlap", 0.5) if overlap is None
-                                                                     else overlap),
-               "blend": str(trained.get("sw_blend", "gaussian") if blend is None else blend),
-               "sw_batch_size": int(sw_batch_size), "sw_device": torch.device(device)}
+    options = {
+        "roi_size": [int(r) for r in roi],
+        "overlap": float(trained.get("sw_overlap", 0.5) if overlap is None else overlap),
+        "blend": str(trained.get("sw_blend", "gaussian") if blend is None else blend),
+        "sw_batch_size": int(sw_batch_size),
+        "sw_device": torch.device(device),
+    }
     return DoseModelBundle(
-        run_id=run_dir.name, variant=run.variant, module=run.module, run=run,
+        run_id=run_dir.name,
+        variant=run.variant,
+        module=run.module,
+        run=run,
         window_options=options,
         sample_steps=int(trained.get("sample_steps", 20) if sample_steps is None else sample_steps),
-        sample_eta=float(trained.get("sample_eta", 0.0) if sample_eta is None else sample_eta), seed=int(seed),
+        sample_eta=float(trained.get("sample_eta", 0.0) if sample_eta is None else sample_eta),
+        seed=int(seed),
     )
 
 
@@ -192,8 +207,17 @@ def evaluate_patient(
     pred_dvh = dose_scores.dvh_metrics(pred, masks, patient.spacing_mm)
     differences = dose_scores.dvh_differences(true_dvh, pred_dvh)
     ident = {"run_id": bundle.run_id, "variant": bundle.variant, "patient": patient.patient_id}
-    dvh_rows = [{**ident, "structure": s, "metric": m, "true_gy": true_dvh.values[(s, m)],
-                 "pred_gy": pred_dvh.values[(s, m)], "abs_error_gy": err} for (s, m), err in differences.items()]
+    dvh_rows = [
+        {
+            **ident,
+            "structure": s,
+            "metric": m,
+            "true_gy": true_dvh.values[(s, m)],
+            "pred_gy": pred_dvh.values[(s, m)],
+            "abs_error_gy": err,
+        }
+        for (s, m), err in differences.items()
+    ]
     row: dict[str, Any] = {
         **ident, "model_kind": bundle.model_kind,
         "dose_score_gy": dose_scores.dose_score(pred, patient.dose_gy, patient.possible_dose_mask),
@@ -203,7 +227,9 @@ def evaluate_patient(
     gamma_map = None
     if with_gamma:
         t0 = time.perf_counter()
-        result = gamma.gamma_index(patient.dose_gy, pred, patient.spacing_mm, **{**GAMMA_DEFAULTS, **(gamma_options or {})})
+        result = gamma.gamma_index(
+            patient.dose_gy, pred, patient.spacing_mm, **{**GAMMA_DEFAULTS, **(gamma_options or {})}
+        )
         row["gamma_pass_percent"] = result.pass_rate_percent
         row["gamma_evaluated_voxels"] = result.evaluated_voxels
         row["gamma_s"] = time.perf_counter() - t0
@@ -236,8 +262,8 @@ def evaluate_patients(
     keep: Sequence[str] | bool = (),
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Evaluation:
-    """Evaluate ``bundle`` on every patient file; ``keep`` lists the patient ids whose prediction and gamma map
-    are returned (``True``: all); ``progress`` receives each patient's score row as it is done."""
+    """Evaluate ``bundle`` on every patient file; ``keep`` lists the patient ids whose prediction and gamma
+    map are returned (``True``: all); ``progress`` receives each patient's score row as it is done."""
     rows, dvh_rows, constraint_tables, predictions, gamma_maps = [], [], [], {}, {}
     for path in patient_paths:
         patient = load_dose_patient(path)
@@ -253,13 +279,19 @@ def evaluate_patients(
             progress(result.row)
     if not rows:
         raise ValueError(f"evaluate_patients: no patient files given for run {bundle.run_id}")
-    return Evaluation(pd.DataFrame(rows), pd.DataFrame(dvh_rows, columns=list(DVH_COLUMNS)), pd.concat(constraint_tables, ignore_index=True),
-                      predictions, gamma_maps)
+    return Evaluation(
+        pd.DataFrame(rows),
+        pd.DataFrame(dvh_rows, columns=list(DVH_COLUMNS)),
+        pd.concat(constraint_tables, ignore_index=True),
+        predictions,
+        gamma_maps,
+    )
 
 
 def summarize(scores: pd.DataFrame, dvh: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: patients, dose score (mean and sd over patients), DVH score (pooled over every
-    (patient, structure, metric) pair, the challenge's number; and mean of per-patient scores), gamma pass rate."""
+    (patient, structure, metric) pair, the challenge's number; and mean of per-patient scores), gamma pass
+    rate."""
     out = []
     for (run_id, variant), group in scores.groupby(["run_id", "variant"], sort=False):
         pooled = dvh[(dvh["run_id"] == run_id) & (dvh["variant"] == variant)]["abs_error_gy"]
@@ -277,18 +309,30 @@ def summarize(scores: pd.DataFrame, dvh: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_anchors(summary: pd.DataFrame) -> pd.DataFrame:
-    """``summary``'s dose / DVH score (and gamma) next to the published OpenKBP anchors, with the test-set size."""
+    """``summary``'s dose / DVH score (and gamma) next to the published OpenKBP anchors,
+    with the test-set size."""
     ours = summary.reset_index()[["variant", "patients", "dose_score_gy", "dvh_score_gy"]
                                  + (["gamma_pass_percent"] if "gamma_pass_percent" in summary else [])]
     ours.insert(1, "source", "this study")
-    anchors = pd.DataFrame([{"variant": a.name, "source": a.source, "patients": a.test_patients,
-                             "dose_score_gy": a.dose_score_gy, "dvh_score_gy": a.dvh_score_gy} for a in ANCHORS])
+    anchors = pd.DataFrame(
+        [
+            {
+                "variant": a.name,
+                "source": a.source,
+                "patients": a.test_patients,
+                "dose_score_gy": a.dose_score_gy,
+                "dvh_score_gy": a.dvh_score_gy,
+            }
+            for a in ANCHORS
+        ]
+    )
     return pd.concat([ours, anchors], ignore_index=True).set_index("variant")
 
 
 def constraint_summary(constraints: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and constraint: how many patients were checked, % passing on the plan and on the prediction,
-    and % of patients where the two verdicts agree (rows without a verdict, missing structures, left out)."""
+    """Per variant and constraint: how many patients were checked, % passing on the plan and on the
+    prediction, and % of patients where the two verdicts agree (rows without a verdict, missing structures,
+    left out)."""
     checked = constraints.dropna(subset=["planned_pass", "predicted_pass"]).copy()
     for name in ("planned_pass", "predicted_pass", "agree"):
         checked[name] = checked[name].astype(float)
@@ -301,7 +345,8 @@ def constraint_summary(constraints: pd.DataFrame) -> pd.DataFrame:
 
 def constraint_agreement(constraints: pd.DataFrame) -> pd.DataFrame:
     """One row per constraint: % of patients passing on the plans (of the first variant's patients) and, per
-    variant, % of patients whose predicted verdict agrees with the plan's (a compact view of ``constraint_summary``)."""
+    variant, % of patients whose predicted verdict agrees with the plan's (a compact view of
+    ``constraint_summary``)."""
     summary = constraint_summary(constraints).reset_index()
     keys = ["structure", "metric", "sense", "limit"]
     first = summary["variant"].iloc[0]

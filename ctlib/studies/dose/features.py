@@ -1,4 +1,5 @@
-"""Dose-prediction inputs: signed distance fields (exact Euclidean distance transform) and the constraint vector.
+"""Dose-prediction inputs: signed distance fields (exact Euclidean distance transform) and the constraint
+vector.
 
 ``dose_patient_from_openkbp`` turns an ``OpenKBPPatient`` (or any patient built the same way: a CT
 ``Volume``, ``dose_gy``, ``possible_dose_mask`` and ``{canonical name: mask}``) into a ``DosePatient``.
@@ -51,18 +52,22 @@ def constraint_sources() -> dict[str, str]:
     """Where each constraint value comes from, by constraint name (presence flags: this module's rule)."""
     sources = {f"{name}_prescription_gy": PRESCRIPTION_SOURCE for name in PRESCRIPTION_GY}
     sources.update({f"{name}_{metric}_gy": text for name, (metric, _, text) in OAR_LIMITS.items()})
-    return {name: sources.get(name, "1 when the structure is contoured, else 0") for name in constraint_names()}
+    return {
+        name: sources.get(name, "1 when the structure is contoured, else 0") for name in constraint_names()
+    }
 
 
 def constraint_names() -> list[str]:
-    """Names of the constraint vector entries: PTV prescriptions, OAR limits, then one presence flag per ROI."""
+    """Names of the constraint vector entries: PTV prescriptions, OAR limits,
+    then one presence flag per ROI."""
     names = [f"{name}_prescription_gy" for name in ROI_NAMES if name in PRESCRIPTION_GY]
     names += [f"{name}_{OAR_LIMITS[name][0]}_gy" for name in ROI_NAMES if name in OAR_LIMITS]
     return names + [f"{name}_present" for name in ROI_NAMES]
 
 
 def constraint_vector(present: dict[str, bool]) -> np.ndarray:
-    """``(C,)`` float32 in ``constraint_names()`` order: the documented levels for present ROIs, 0 for absent ones."""
+    """``(C,)`` float32 in ``constraint_names()`` order: the documented levels for present ROIs,
+    0 for absent ones."""
     values = [PRESCRIPTION_GY[n] * present.get(n, False) for n in ROI_NAMES if n in PRESCRIPTION_GY]
     values += [OAR_LIMITS[n][1] * present.get(n, False) for n in ROI_NAMES if n in OAR_LIMITS]
     values += [float(present.get(n, False)) for n in ROI_NAMES]
@@ -72,7 +77,8 @@ def constraint_vector(present: dict[str, bool]) -> np.ndarray:
 def signed_distance_mm(
     mask: np.ndarray, spacing_mm: tuple[float, float, float], clip_mm: float = SDF_CLIP_MM
 ) -> np.ndarray:
-    """Signed Euclidean distance (Maurer EDT, ``scipy.ndimage``) to a mask's surface in mm, ``(D, H, W)`` float32.
+    """Signed Euclidean distance (Maurer EDT, ``scipy.ndimage``) to a mask's surface in mm, ``(D, H, W)``
+    float32.
 
     Outside voxels hold the distance to the nearest inside voxel, inside voxels minus the distance to the
     nearest outside voxel (so voxels on either side of the surface are one voxel spacing from it);
@@ -109,7 +115,8 @@ def _check_grid(array: np.ndarray | None, what: str, shape: tuple[int, ...], sou
 def dose_patient_from_openkbp(
     patient: OpenKBPPatient, split: str | None = None, *, sdf_clip_mm: float = SDF_CLIP_MM
 ) -> DosePatient:
-    """``OpenKBPPatient`` -> ``DosePatient``: masks and SDFs in ``ROI_NAMES`` order, dose 0 outside the possible-dose mask.
+    """``OpenKBPPatient`` -> ``DosePatient``: masks and SDFs in ``ROI_NAMES`` order, dose 0 outside the
+    possible-dose mask.
 
     ``split`` defaults to ``patient.split``. Raises ``CTInputError`` for the bad input listed in the module
     docstring; warns (``DoseInputWarning``) for an empty mask, which is then treated as missing.

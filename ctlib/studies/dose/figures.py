@@ -26,12 +26,14 @@ from ctlib.viz import labels, panels, render
 VIEWS = ("axial", "coronal")
 DOSE_CMAP = "turbo"
 DIFFERENCE_CMAP = "RdBu_r"
-GAMMA_CMAP = "PuOr_r"  # diverging at gamma = 1; purple-orange stays distinguishable under colour-vision deficiencies
+# diverging at gamma = 1; purple-orange stays distinguishable under colour-vision deficiencies
+GAMMA_CMAP = "PuOr_r"
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def busiest_slice(mask: np.ndarray, axis: int = 0) -> int:
-    """Index along ``axis`` of the ``(z, y, x)`` mask's slice with the most voxels (the middle when it is empty)."""
+    """Index along ``axis`` of the ``(z, y, x)`` mask's slice with the most voxels
+    (the middle when it is empty)."""
     mask = np.asarray(mask, dtype=bool)
     counts = mask.sum(axis=tuple(a for a in range(mask.ndim) if a != axis))
     return int(np.argmax(counts)) if counts.any() else mask.shape[axis] // 2
@@ -62,7 +64,9 @@ def dose_overlay_rgb(
     dose = np.asarray(dose_slice_gy, dtype=np.float32)
     render.dose_colorwash(rgb, dose, max_gy, alpha, threshold_fraction, render.colormap_lut(cmap))
     if len(isodose_levels_gy):
-        render.isodose_lines(rgb, dose, isodose_levels_gy, render.isodose_colors(isodose_levels_gy, max_gy, cmap))
+        render.isodose_lines(
+            rgb, dose, isodose_levels_gy, render.isodose_colors(isodose_levels_gy, max_gy, cmap)
+        )
     return rgb
 
 
@@ -87,7 +91,8 @@ def colorwash_panels(
     panel_size_in: float = 2.6,
 ) -> plt.Figure:
     """One column per dose (colorwash and isodose lines over the CT) and, with ``difference=(a, b)``, a last
-    column ``a - b`` in Gy (diverging, within ``difference_mask``); one row per view through ``centre`` (z, y, x)."""
+    column ``a - b`` in Gy (diverging, within ``difference_mask``); one row per view through ``centre`` (z, y,
+    x)."""
     if not doses_gy:
         raise ValueError("colorwash_panels needs at least one dose")
     shapes = {name: np.shape(d) for name, d in doses_gy.items()}
@@ -97,8 +102,13 @@ def colorwash_panels(
         raise ValueError(f"difference {difference} names doses not among {list(doses_gy)}")
     max_gy = float(max_gy or max(float(np.max(d)) for d in doses_gy.values()))
     n_cols = len(doses_gy) + (difference is not None)
-    fig, axes = plt.subplots(len(views), n_cols, figsize=(panel_size_in * n_cols + 1.6, panel_size_in * len(views)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(views),
+        n_cols,
+        figsize=(panel_size_in * n_cols + 1.6, panel_size_in * len(views)),
+        squeeze=False,
+        layout="constrained",
+    )
     diff_handle = None
     for r, view in enumerate(views):
         index = int(centre[0] if view == "axial" else centre[1])
@@ -111,7 +121,11 @@ def colorwash_panels(
             ax = axes[r, -1]
             panels.show_plane(ax, ct_plane, view, spacing_mm, cmap="gray", vmin=window.low, vmax=window.high)
             diff = _plane(doses_gy[difference[0]], view, index) - _plane(doses_gy[difference[1]], view, index)
-            shown = diff if difference_mask is None else np.ma.masked_where(~_plane(difference_mask, view, index), diff)
+            shown = (
+                diff
+                if difference_mask is None
+                else np.ma.masked_where(~_plane(difference_mask, view, index), diff)
+            )
             diff_handle = panels.show_plane(ax, shown, view, spacing_mm, cmap=DIFFERENCE_CMAP,
                                             vmin=-difference_max_gy, vmax=difference_max_gy, alpha=0.85)
         for c in range(n_cols):
@@ -195,12 +209,16 @@ def gamma_panels(
         index = int(centre[0] if view == "axial" else centre[1])
         for c, (name, gamma_map) in enumerate(gamma_maps.items()):
             if np.shape(gamma_map) != np.shape(ct_hu):
-                raise ValueError(f"gamma map {name!r} has shape {np.shape(gamma_map)}, expected {np.shape(ct_hu)}")
+                raise ValueError(
+                    f"gamma map {name!r} has shape {np.shape(gamma_map)}, expected {np.shape(ct_hu)}"
+                )
             ax = axes[r, c]
             panels.show_plane(ax, _plane(ct_hu, view, index), view, spacing_mm, cmap="gray", vmin=window.low,
                               vmax=window.high)
             plane = _plane(gamma_map, view, index)
-            handle = panels.show_plane(ax, np.ma.masked_invalid(plane), view, spacing_mm, cmap=GAMMA_CMAP, norm=norm)
+            handle = panels.show_plane(
+                ax, np.ma.masked_invalid(plane), view, spacing_mm, cmap=GAMMA_CMAP, norm=norm
+            )
             _bare(ax)
             if r == 0:
                 rate = (pass_rates_percent or {}).get(name)
@@ -214,17 +232,22 @@ def gamma_panels(
 def score_bars(table: pd.DataFrame, *, columns: Sequence[tuple[str, str]] = (
         ("dose_score_gy", "dose score (Gy)"), ("dvh_score_gy", "DVH score (Gy)"))) -> plt.Figure:
     """One bar panel per score column; rows whose ``source`` is not ``"this study"`` (the published anchors)
-    are drawn as dashed horizontal lines instead of bars, so ours and theirs are not mistaken for each other."""
+    are drawn as dashed horizontal lines instead of bars, so ours and theirs are not mistaken for each
+    other."""
     missing = {"source", *(c for c, _ in columns)} - set(table.columns)
     if missing:
         raise ValueError(f"score_bars: table lacks columns {sorted(missing)}")
     ours, anchors = table[table["source"] == "this study"], table[table["source"] != "this study"]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False, layout="constrained"
+    )
     for ax, (column, label) in zip(axes[0], columns, strict=True):
         ax.bar(range(len(ours)), ours[column], color="C0")
         ax.set_xticks(range(len(ours)), [str(i) for i in ours.index], rotation=30, ha="right")
         for i, (name, row) in enumerate(anchors.iterrows()):
-            ax.axhline(row[column], color=f"C{i + 1}", linestyle="--", label=f"{name} ({int(row['patients'])} pts)")
+            ax.axhline(
+                row[column], color=f"C{i + 1}", linestyle="--", label=f"{name} ({int(row['patients'])} pts)"
+            )
         ax.set_ylabel(label)
         if len(anchors):
             ax.legend(fontsize=9)

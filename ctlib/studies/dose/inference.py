@@ -48,12 +48,14 @@ def predict_dose(
     sw_batch_size: int = 1,
     sw_device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Sliding-window dose ``(B, 1, D, H, W)`` in Gy from ``inputs`` ``(B, C, D, H, W)`` and ``constraints`` ``(B, K)``.
+    """Sliding-window dose ``(B, 1, D, H, W)`` in Gy from ``inputs`` ``(B, C, D, H, W)`` and ``constraints``
+    ``(B, K)``.
 
     ``overlap`` is the fraction shared by neighbouring windows; ``blend="gaussian"`` weights each window
     by a Gaussian of relative width ``sigma_scale`` (MONAI), ``"constant"`` averages. A module model runs
     in eval mode without autograd (its mode is restored); windows go to ``sw_device`` (default: the
-    module's device, else that of ``inputs``) and the result stays on the device of ``inputs``. Voxels outside ``pdm`` ``(B, 1, D, H, W)`` are set to 0.
+    module's device, else that of ``inputs``) and the result stays on the device of ``inputs``. Voxels outside
+    ``pdm`` ``(B, 1, D, H, W)`` are set to 0.
     """
     if blend not in get_args(BlendMode):
         raise ValueError(f"predict_dose: blend must be one of {list(get_args(BlendMode))}, got {blend!r}")
@@ -61,8 +63,8 @@ def predict_dose(
         raise ValueError(f"predict_dose: overlap must be in [0, 1), got {overlap}")
     if inputs.ndim != 5 or constraints.ndim != 2 or constraints.shape[0] != inputs.shape[0]:
         raise ValueError(
-            f"predict_dose: expected inputs (B, C, D, H, W) and constraints (B, K), got {tuple(inputs.shape)} "
-            f"and {tuple(constraints.shape)}"
+            "predict_dose: expected inputs (B, C, D, H, W) and constraints (B, K), got "
+            f"{tuple(inputs.shape)} and {tuple(constraints.shape)}"
         )
     if pdm is not None and (pdm.shape[0] != inputs.shape[0] or pdm.shape[2:] != inputs.shape[2:]):
         raise ValueError(f"predict_dose: pdm {tuple(pdm.shape)} does not match inputs {tuple(inputs.shape)}")
@@ -79,10 +81,19 @@ def predict_dose(
                 def window_model(x: torch.Tensor, c: torch.Tensor = c) -> torch.Tensor:
                     return model(x, c.expand(x.shape[0], -1)).float()
 
-                outputs.append(sliding_window_inference(
-                    inputs[b : b + 1], tuple(int(r) for r in roi_size), sw_batch_size, window_model,
-                    overlap=overlap, mode=blend, sigma_scale=sigma_scale, sw_device=device, device=inputs.device,
-                ))
+                outputs.append(
+                    sliding_window_inference(
+                        inputs[b : b + 1],
+                        tuple(int(r) for r in roi_size),
+                        sw_batch_size,
+                        window_model,
+                        overlap=overlap,
+                        mode=blend,
+                        sigma_scale=sigma_scale,
+                        sw_device=device,
+                        device=inputs.device,
+                    )
+                )
     finally:
         if was_training is not None:
             model.train(was_training)
@@ -101,7 +112,8 @@ def predict_patient(
     include_pdm: bool = True,
     **options: object,
 ) -> np.ndarray:
-    """Predicted dose ``(D, H, W)`` float32 in Gy for one ``DosePatient`` (``options`` go to ``predict_dose``).
+    """Predicted dose ``(D, H, W)`` float32 in Gy for one ``DosePatient`` (``options`` go to
+    ``predict_dose``).
 
     ``window``, ``sdf_clip_mm`` and ``include_pdm`` must be those the model was trained with (they are
     in its checkpoint's normalization record).

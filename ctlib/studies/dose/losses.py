@@ -1,4 +1,5 @@
-"""Training losses of the dose U-Net, selectable by name (``LOSSES``), all restricted to the possible-dose mask.
+"""Training losses of the dose U-Net, selectable by name (``LOSSES``), all restricted to the possible-dose
+mask.
 
 Every loss has the signature ``loss(pred_gy, true_gy, pdm, masks, *, roi_names, **options) -> (loss, terms)``
 with ``pred_gy`` and ``true_gy`` ``(B, 1, D, H, W)`` in Gy, ``pdm`` ``(B, 1, D, H, W)`` (bool or 0/1), and
@@ -69,7 +70,8 @@ def masked_mae(pred_gy: torch.Tensor, true_gy: torch.Tensor, pdm: torch.Tensor) 
 
 
 def gradient_l1(pred_gy: torch.Tensor, true_gy: torch.Tensor, pdm: torch.Tensor) -> torch.Tensor:
-    """Mean over D, H, W of the L1 difference of forward finite differences (Gy per voxel), on pdm voxel pairs."""
+    """Mean over D, H, W of the L1 difference of forward finite differences (Gy per voxel),
+    on pdm voxel pairs."""
     terms = []
     for dim in range(2, pred_gy.ndim):
         diff = torch.diff(pred_gy, dim=dim) - torch.diff(true_gy, dim=dim)
@@ -79,7 +81,9 @@ def gradient_l1(pred_gy: torch.Tensor, true_gy: torch.Tensor, pdm: torch.Tensor)
     return torch.stack(terms).mean()
 
 
-def soft_dvh(dose_gy: torch.Tensor, mask: torch.Tensor, bins_gy: torch.Tensor, temperature_gy: float) -> torch.Tensor:
+def soft_dvh(
+    dose_gy: torch.Tensor, mask: torch.Tensor, bins_gy: torch.Tensor, temperature_gy: float
+) -> torch.Tensor:
     """Differentiable cumulative DVH (Nguyen et al. 2020): fraction of ``mask`` voxels above each bin dose.
 
     ``dose_gy`` ``(B, 1, D, H, W)``, ``mask`` ``(B, S, D, H, W)``, ``bins_gy`` ``(K,)`` -> ``(B, S, K)``;
@@ -104,12 +108,15 @@ def dvh_mse(
     max_gy: float = 80.0,
     temperature_gy: float = 1.0,
 ) -> torch.Tensor:
-    """MSE between soft DVHs of prediction and truth over ``bins`` doses in ``[0, max_gy]``, present structures only."""
+    """MSE between soft DVHs of prediction and truth over ``bins`` doses in ``[0, max_gy]``,
+    present structures only."""
     if bins < 2 or max_gy <= 0:
         raise ValueError(f"dvh_mse: need bins >= 2 and max_gy > 0, got bins={bins}, max_gy={max_gy}")
     bins_gy = torch.linspace(0.0, max_gy, bins, device=pred_gy.device)
     present = masks.flatten(2).any(dim=2).float()  # (B, S)
-    per = (soft_dvh(pred_gy, masks, bins_gy, temperature_gy) - soft_dvh(true_gy, masks, bins_gy, temperature_gy)).pow(2)
+    per = (
+        soft_dvh(pred_gy, masks, bins_gy, temperature_gy) - soft_dvh(true_gy, masks, bins_gy, temperature_gy)
+    ).pow(2)
     return (per.mean(dim=2) * present).sum() / present.sum().clamp_min(1.0)
 
 
@@ -146,7 +153,9 @@ def dvh_loss(
     """MAE + ``dvh_weight`` * soft-DVH MSE (Nguyen et al. 2020) over the structures, inside the pdm."""
     mae = masked_mae(pred_gy, true_gy, pdm)
     inside = masks.bool() & pdm.bool()
-    dvh = dvh_mse(pred_gy, true_gy, inside, bins=dvh_bins, max_gy=dvh_max_gy, temperature_gy=dvh_temperature_gy)
+    dvh = dvh_mse(
+        pred_gy, true_gy, inside, bins=dvh_bins, max_gy=dvh_max_gy, temperature_gy=dvh_temperature_gy
+    )
     return mae + dvh_weight * dvh, {"mae_gy": mae.detach(), "dvh_mse": dvh.detach()}
 
 
@@ -154,7 +163,8 @@ def structure_weighted_loss(
     pred_gy: Tensor, true_gy: Tensor, pdm: Tensor, masks: Tensor, *, roi_names: Sequence[str] = ROI_NAMES,
     ptv_weight: float = 4.0, oar_weight: float = 2.0,
 ) -> tuple[Tensor, Terms]:
-    """MAE with weight ``1 + ptv_weight`` in PTVs and ``1 + oar_weight`` in organs at risk (max where both)."""
+    """MAE with weight ``1 + ptv_weight`` in PTVs and ``1 + oar_weight`` in organs at risk
+    (max where both)."""
     ptv = _any(masks, target_channels(roi_names)).to(pred_gy.dtype)
     oar = _any(masks, oar_channels(roi_names)).to(pred_gy.dtype)
     weight = 1.0 + torch.maximum(ptv_weight * ptv, oar_weight * oar)
@@ -167,17 +177,21 @@ def ptv_underdose_loss(
     pred_gy: Tensor, true_gy: Tensor, pdm: Tensor, masks: Tensor, *, roi_names: Sequence[str] = ROI_NAMES,
     underdose_weight: float = 2.0, underdose_reference: UnderdoseReference = "true",
 ) -> tuple[Tensor, Terms]:
-    """MAE + ``underdose_weight`` * mean over PTV voxels of ``relu(reference - pred)`` (an asymmetric penalty)."""
+    """MAE + ``underdose_weight`` * mean over PTV voxels of ``relu(reference - pred)``
+    (an asymmetric penalty)."""
     if underdose_reference not in get_args(UnderdoseReference):
         raise ValueError(
-            f"underdose_reference must be one of {list(get_args(UnderdoseReference))}, got {underdose_reference!r}"
+            f"underdose_reference must be one of {list(get_args(UnderdoseReference))}, got "
+            f"{underdose_reference!r}"
         )
     targets = target_channels(roi_names)
     if underdose_reference == "true":
         reference = true_gy
     else:
         # Where PTVs overlap the highest prescription applies (they do not overlap in OpenKBP).
-        levels = torch.tensor([prescription_gy(roi_names[i]) for i in targets], device=pred_gy.device, dtype=pred_gy.dtype)
+        levels = torch.tensor(
+            [prescription_gy(roi_names[i]) for i in targets], device=pred_gy.device, dtype=pred_gy.dtype
+        )
         inside = masks[:, targets].to(pred_gy.dtype) * levels.reshape(1, -1, 1, 1, 1)
         reference = inside.amax(dim=1, keepdim=True) if targets else torch.zeros_like(pred_gy)
     ptv = _any(masks, targets) & pdm.bool()
@@ -203,8 +217,15 @@ def get_loss(name: str) -> DoseLossFn:
 
 
 def select_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``options`` that loss ``name`` accepts (a notebook passes every weight, each loss takes its own)."""
-    accepted = set(inspect.signature(get_loss(name)).parameters) - {"pred_gy", "true_gy", "pdm", "masks", "roi_names"}
+    """The entries of ``options`` that loss ``name`` accepts
+    (a notebook passes every weight, each loss takes its own)."""
+    accepted = set(inspect.signature(get_loss(name)).parameters) - {
+        "pred_gy",
+        "true_gy",
+        "pdm",
+        "masks",
+        "roi_names",
+    }
     return {k: v for k, v in options.items() if k in accepted}
 
 
@@ -212,12 +233,14 @@ class DoseLoss(nn.Module):
     """The dose model and a named loss: ``forward(batch) -> (loss, metrics)`` for ``ctlib.train.loop.train``.
 
     ``batch`` holds ``inputs`` ``(B, C, D, H, W)``, ``constraints`` ``(B, K)``, ``dose`` ``(B, 1, D, H, W)``
-    in Gy, ``pdm`` ``(B, 1, D, H, W)`` and ``masks`` ``(B, S, D, H, W)`` (``ctlib.studies.dose.datasets``). Pass
-    ``loop.forward_loss`` as the loss function; ``options`` go to the selected loss only (e.g.
+    in Gy, ``pdm`` ``(B, 1, D, H, W)`` and ``masks`` ``(B, S, D, H, W)`` (``ctlib.studies.dose.datasets``).
+    Pass ``loop.forward_loss`` as the loss function; ``options`` go to the selected loss only (e.g.
     ``gradient_weight`` for ``mae_gradient``). The model is the only parameter (``model.*``).
     """
 
-    def __init__(self, model: nn.Module, loss: str = "mae", *, roi_names: Sequence[str] = ROI_NAMES, **options: Any) -> None:
+    def __init__(
+        self, model: nn.Module, loss: str = "mae", *, roi_names: Sequence[str] = ROI_NAMES, **options: Any
+    ) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
@@ -231,7 +254,9 @@ class DoseLoss(nn.Module):
         """Predict the batch's dose and return the selected loss and its terms."""
         pred_gy = self.model(batch["inputs"], batch["constraints"])
         if pred_gy.shape != batch["dose"].shape:
-            raise ValueError(f"DoseLoss: prediction {tuple(pred_gy.shape)} != dose {tuple(batch['dose'].shape)}")
+            raise ValueError(
+                f"DoseLoss: prediction {tuple(pred_gy.shape)} != dose {tuple(batch['dose'].shape)}"
+            )
         # The losses run in float32 even under bf16 autocast: DVH fractions and Gy sums need the precision.
         with torch.autocast(device_type=pred_gy.device.type, enabled=False):
             return self.loss_fn(pred_gy.float(), batch["dose"].float(), batch["pdm"], batch["masks"],

@@ -1,4 +1,5 @@
-"""Dose models from their recorded config: what the training notebook builds and checkpoints, and what evaluation loads.
+"""Dose models from their recorded config: what the training notebook builds and checkpoints, and what
+evaluation loads.
 
 A dose model config (``config["model"]`` of the checkpoint) is a plain dict:
 
@@ -30,11 +31,20 @@ MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
 
 def unet_model_config(
-    config: dose_unet.DoseUNetConfig, loss: str, loss_options: dict[str, Any], roi_names: Sequence[str] = ROI_NAMES
+    config: dose_unet.DoseUNetConfig,
+    loss: str,
+    loss_options: dict[str, Any],
+    roi_names: Sequence[str] = ROI_NAMES,
 ) -> dict[str, Any]:
-    """The recorded config of a U-Net trained with loss ``loss`` (only the options that loss takes are kept)."""
-    return {"kind": "unet", "net": config.to_dict(), "loss": loss,
-            "loss_options": losses.select_options(loss, loss_options), "roi_names": [str(n) for n in roi_names]}
+    """The recorded config of a U-Net trained with loss ``loss``
+    (only the options that loss takes are kept)."""
+    return {
+        "kind": "unet",
+        "net": config.to_dict(),
+        "loss": loss,
+        "loss_options": losses.select_options(loss, loss_options),
+        "roi_names": [str(n) for n in roi_names],
+    }
 
 
 def diffusion_model_config(
@@ -44,8 +54,13 @@ def diffusion_model_config(
     roi_names: Sequence[str] = ROI_NAMES,
 ) -> dict[str, Any]:
     """The recorded config of a conditional dose diffusion model."""
-    return {"kind": "diffusion", "net": config.to_dict(), "spec": spec.to_dict(),
-            "constraint_scales": [float(s) for s in constraint_scales], "roi_names": [str(n) for n in roi_names]}
+    return {
+        "kind": "diffusion",
+        "net": config.to_dict(),
+        "spec": spec.to_dict(),
+        "constraint_scales": [float(s) for s in constraint_scales],
+        "roi_names": [str(n) for n in roi_names],
+    }
 
 
 def build_module(model_config: dict[str, Any]) -> nn.Module:
@@ -59,8 +74,10 @@ def build_module(model_config: dict[str, Any]) -> nn.Module:
                                **model_config["loss_options"])
     config = latent_unet.LatentUNetConfig.from_dict(model_config["net"])
     return diffusion.DoseDiffusion(
-        latent_unet.build_latent_unet(config), diffusion.DoseDiffusionSpec.from_dict(model_config["spec"]),
-        depth_multiple=latent_unet.required_depth_multiple(config), constraint_scales=model_config["constraint_scales"],
+        latent_unet.build_latent_unet(config),
+        diffusion.DoseDiffusionSpec.from_dict(model_config["spec"]),
+        depth_multiple=latent_unet.required_depth_multiple(config),
+        constraint_scales=model_config["constraint_scales"],
     )
 
 
@@ -77,9 +94,12 @@ def dose_predictor(
     sample_eta: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(inputs, constraints) -> dose_gy`` of a trained module: the U-Net itself, or DDIM sampling for diffusion."""
+    """``(inputs, constraints) -> dose_gy`` of a trained module: the U-Net itself,
+    or DDIM sampling for diffusion."""
     if isinstance(module, losses.DoseLoss):
         return module.model
     if isinstance(module, diffusion.DoseDiffusion):
         return module.sampler(num_steps=sample_steps, eta=sample_eta, generator=generator)
-    raise TypeError(f"dose_predictor: expected a DoseLoss or DoseDiffusion module, got {type(module).__name__}")
+    raise TypeError(
+        f"dose_predictor: expected a DoseLoss or DoseDiffusion module, got {type(module).__name__}"
+    )

@@ -8,7 +8,8 @@ Layout of ``<run_dir>/patients/<split>/<patient_id>.npz`` (``np.savez_compressed
   ``present`` bool ``(S,)``;
 - ``sdf_mm`` float32 ``(S, D, H, W)``: signed distance to each structure's surface in mm (negative
   inside), clipped to ``[-SDF_CLIP_MM, SDF_CLIP_MM]``; a missing structure holds ``+SDF_CLIP_MM``;
-- ``constraints`` float32 ``(C,)`` with ``constraint_names`` str ``(C,)`` (see ``ctlib.studies.dose.features``);
+- ``constraints`` float32 ``(C,)`` with ``constraint_names`` str ``(C,)`` (see
+``ctlib.studies.dose.features``);
 - ``spacing_mm`` float64 ``(3,)`` = ``(dz, dy, dx)``; ``roi_names`` str ``(S,)``; ``patient_id`` and
   ``split`` str.
 """
@@ -136,7 +137,8 @@ def save_dose_patient(path: str | os.PathLike, patient: DosePatient) -> Path:
 
 
 def load_dose_patient(path: str | os.PathLike) -> DosePatient:
-    """Read a ``DosePatient``; ``CTInputError`` naming the file when it is missing, unreadable or inconsistent."""
+    """Read a ``DosePatient``; ``CTInputError`` naming the file when it is missing,
+    unreadable or inconsistent."""
     path = Path(path)
     arrays = read_npz(path, KEYS, "a preprocessed dose patient")
     values = {f.name: arrays[f.name] for f in fields(DosePatient)}

@@ -92,8 +92,13 @@ def dose_phantom(
 
     bx, by = BRAINSTEM_CENTRE_MM
     structures = {  # the organ at risk first: overlays colour structures in this order (orange, then blue)
-        "Brainstem": np.broadcast_to(((x - bx) ** 2 + (y - by) ** 2 <= BRAINSTEM_RADIUS_MM**2)
-                                     & (z >= BRAINSTEM_Z_MM[0]) & (z <= BRAINSTEM_Z_MM[1]), volume.shape) & body,
+        "Brainstem": np.broadcast_to(
+            ((x - bx) ** 2 + (y - by) ** 2 <= BRAINSTEM_RADIUS_MM**2)
+            & (z >= BRAINSTEM_Z_MM[0])
+            & (z <= BRAINSTEM_Z_MM[1]),
+            volume.shape,
+        )
+        & body,
         "PTV70": np.broadcast_to(r_norm <= 1.0, volume.shape) & body,
     }
     volume.meta.update({"dose_phantom": "synthetic analytic dose, not a treatment plan",

@@ -1,4 +1,5 @@
-"""Dose preprocessing: many patients -> ``<out>/patients/<split>/<id>.npz`` + ``manifest.csv``; phantom patients.
+"""Dose preprocessing: many patients -> ``<out>/patients/<split>/<id>.npz`` + ``manifest.csv``; phantom
+patients.
 
 Each patient is read (an OpenKBP ``.npz`` / challenge folder, or an ``OpenKBPPatient`` built in memory),
 turned into a ``DosePatient`` by ``ctlib.studies.dose.features`` and written with ``save_dose_patient``. A
@@ -38,12 +39,14 @@ def phantom_patients(
     spacing_mm: tuple[float, float, float] = (2.5, 4.0, 4.0),
     fractions: dict[str, float] = PHANTOM_FRACTIONS,
 ) -> list[OpenKBPPatient]:
-    """``n`` synthetic dose patients from ``ctlib.studies.dose.phantom`` (analytic dose, NOT plans), split by seed.
+    """``n`` synthetic dose patients from ``ctlib.studies.dose.phantom`` (analytic dose, NOT plans), split by
+    seed.
 
     Patient ``i`` uses phantom seed ``SeedSequence([seed, i])``, a penumbra in [4, 8] mm and a low-dose bath
     fraction in [0.2, 0.4] drawn from it, and is mirrored left-right when ``i`` is odd (PTV in the patient's
     left). Structures: ``PTV70`` and ``Brainstem`` (the other ROIs are missing). The possible-dose mask is
-    the CT's body mask plus every voxel the analytic dose reaches (the phantom's body). Splits: ``ctlib.data.splits.make_splits`` with ``fractions`` (default 60/20/20).
+    the CT's body mask plus every voxel the analytic dose reaches (the phantom's body). Splits:
+    ``ctlib.data.splits.make_splits`` with ``fractions`` (default 60/20/20).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -73,7 +76,8 @@ def phantom_patients(
 def select_patients(
     patients: Sequence[OpenKBPPatient], split_names: Sequence[str] = SPLITS, max_per_split: int = 0
 ) -> list[OpenKBPPatient]:
-    """The patients whose split is in ``split_names``, the first ``max_per_split`` of each (0 = all), in order."""
+    """The patients whose split is in ``split_names``, the first ``max_per_split`` of each (0 = all),
+    in order."""
     kept, seen = [], dict.fromkeys(split_names, 0)
     for patient in patients:
         if patient.split in seen and (max_per_split <= 0 or seen[patient.split] < max_per_split):
@@ -82,7 +86,9 @@ def select_patients(
     return kept
 
 
-def openkbp_paths(data_root: str | os.PathLike, split_names: Sequence[str] = SPLITS, max_per_split: int = 0) -> list[Path]:
+def openkbp_paths(
+    data_root: str | os.PathLike, split_names: Sequence[str] = SPLITS, max_per_split: int = 0
+) -> list[Path]:
     """The OpenKBP ``.npz`` files of the shared data (``<root>/openkbp/<split>/pt_*.npz``), natural order.
 
     ``max_per_split`` keeps the first ones of each split (0 = all).
@@ -127,7 +133,9 @@ def preprocess_patients(
     sources = list(sources)
     if workers > 1 and len(sources) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(sources))) as pool:
-            rows = list(pool.map(_preprocess_one, sources, [out_dir] * len(sources), [sdf_clip_mm] * len(sources)))
+            rows = list(
+                pool.map(_preprocess_one, sources, [out_dir] * len(sources), [sdf_clip_mm] * len(sources))
+            )
     else:
         rows = [_preprocess_one(source, out_dir, sdf_clip_mm) for source in sources]
     splits.save_manifest(out_dir / MANIFEST, rows)
@@ -148,7 +156,9 @@ def _preprocess_one(source: str | os.PathLike | OpenKBPPatient, out_dir: Path, s
         patient = source if isinstance(source, OpenKBPPatient) else openkbp.read_openkbp(source)
         split = patient.split or split
         if split not in SPLITS:
-            raise CTInputError(getattr(source, "patient_id", source), f"split {split!r} is not one of {SPLITS}")
+            raise CTInputError(
+                getattr(source, "patient_id", source), f"split {split!r} is not one of {SPLITS}"
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", features.DoseInputWarning)
             dose_patient = features.dose_patient_from_openkbp(patient, split, sdf_clip_mm=sdf_clip_mm)
@@ -173,12 +183,16 @@ def _preprocess_one(source: str | os.PathLike | OpenKBPPatient, out_dir: Path, s
 def summary_metrics(manifest: pd.DataFrame) -> dict[str, float]:
     """Flat metrics for ``metrics.json``: counts per split and status, structure presence, mean max dose."""
     ok = manifest[manifest["status"] == "ok"]
-    metrics: dict[str, float] = {"n_patients": int(len(ok)), "n_refused": int((manifest["status"] == "refused").sum())}
+    metrics: dict[str, float] = {
+        "n_patients": int(len(ok)),
+        "n_refused": int((manifest["status"] == "refused").sum()),
+    }
     for split in SPLITS:
         metrics[f"n_{split}"] = int((ok["split"] == split).sum())
     present = ok["present"].fillna("").str.split(";")
     for name in ROI_NAMES:
-        metrics[f"present_fraction_{name}"] = round(float(present.apply(lambda p, n=name: n in p).mean()), 4) \
-            if len(ok) else 0.0
+        metrics[f"present_fraction_{name}"] = (
+            round(float(present.apply(lambda p, n=name: n in p).mean()), 4) if len(ok) else 0.0
+        )
     metrics["mean_max_dose_gy"] = round(float(ok["max_dose_gy"].mean()), 3) if len(ok) else 0.0
     return metrics

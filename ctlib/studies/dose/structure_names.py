@@ -77,7 +77,9 @@ def load_mapping(path: str | os.PathLike | None = None) -> _Mapping:
     def claim(variant: str, owner: str) -> str:
         variant = str(variant)
         if _words(variant) != [variant]:
-            raise ValueError(f"{source}: variant {variant!r} of {owner} is not normalized (lower case, no separators)")
+            raise ValueError(
+                f"{source}: variant {variant!r} of {owner} is not normalized (lower case, no separators)"
+            )
         if variant in seen:
             raise ValueError(f"{source}: variant {variant!r} is listed for both {seen[variant]} and {owner}")
         seen[variant] = owner
@@ -110,9 +112,13 @@ def _match_target(raw: str, words: list[str], m: _Mapping) -> NameMatch:
     units = [w for w in words if w in m.unit_words]
     other = [w for w in words if not w[0].isdigit() and w not in m.unit_words and w not in m.target_words]
     if other:
-        return NameMatch(raw, None, f"target name with unrecognized words {other} (derived or unknown volume)")
+        return NameMatch(
+            raw, None, f"target name with unrecognized words {other} (derived or unknown volume)"
+        )
     if len(numbers) != 1 or len(units) > 1:
-        return NameMatch(raw, None, "target name needs exactly one dose level (e.g. PTV70, PTV_7000, PTV 70Gy)")
+        return NameMatch(
+            raw, None, "target name needs exactly one dose level (e.g. PTV70, PTV_7000, PTV 70Gy)"
+        )
     level = float(numbers[0].replace(",", "."))
     if level >= 1000 or units == ["cgy"]:
         level /= 100.0

@@ -24,8 +24,19 @@ from ctlib.studies.interp.bundle import Interpolator
 
 FULL_CHAIN_SAMPLERS = ("ddpm",)  # samplers that only run all T steps (steps_list and etas do not apply)
 SETTING_COLUMNS = ["sampler", "steps", "eta", "samples"]
-METRIC_COLUMNS = ["psnr_full_db", "psnr_soft_db", "ssim_full", "slab_residual_hu", "psnr_full_no_dc_db",
-                  "residual_before_hu", "std_mean_hu", "std_error_corr", "unet_evals", "seconds", "seconds_per_step"]
+METRIC_COLUMNS = [
+    "psnr_full_db",
+    "psnr_soft_db",
+    "ssim_full",
+    "slab_residual_hu",
+    "psnr_full_no_dc_db",
+    "residual_before_hu",
+    "std_mean_hu",
+    "std_error_corr",
+    "unet_evals",
+    "seconds",
+    "seconds_per_step",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +75,11 @@ def sampling_grid(
     A full-chain sampler (DDPM) gets one setting per ``samples`` with ``steps = num_train_timesteps``
     and ``eta = 1``. Unknown samplers, steps outside ``[1, T]`` and samples < 1 raise ``ValueError``.
     """
-    steps_list, etas, samples_list = [int(s) for s in steps_list], [float(e) for e in etas], list(samples_list)
+    steps_list, etas, samples_list = (
+        [int(s) for s in steps_list],
+        [float(e) for e in etas],
+        list(samples_list),
+    )
     bad_steps = [s for s in steps_list if not 1 <= s <= num_train_timesteps]
     if bad_steps:
         raise ValueError(f"steps must lie in [1, T={num_train_timesteps}], got {bad_steps}")
@@ -89,14 +104,17 @@ def sampling_grid(
 
 
 def uncertainty_error_correlation(std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray) -> float:
-    """Pearson correlation of the per-voxel std of the samples and |mean - truth| over ``mask`` (NaN if flat)."""
+    """Pearson correlation of the per-voxel std of the samples and |mean - truth| over ``mask``
+    (NaN if flat)."""
     s, e = std_hu[mask].astype(np.float64), np.abs(error_hu[mask]).astype(np.float64)
     if s.size < 2 or s.std() == 0 or e.std() == 0:
         return float("nan")
     return float(np.corrcoef(s, e)[0, 1])
 
 
-def error_by_uncertainty(std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray, bins: int = 10) -> pd.DataFrame:
+def error_by_uncertainty(
+    std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray, bins: int = 10
+) -> pd.DataFrame:
     """Mean |error| per quantile bin of the std over ``mask`` (a calibration curve): columns
     ``std_hu`` (bin mean), ``abs_error_hu`` (bin mean), ``voxels``; one row per non-empty bin."""
     s, e = std_hu[mask].astype(np.float64), np.abs(error_hu[mask]).astype(np.float64)
@@ -119,8 +137,9 @@ def score(result: pipeline.InterpolationResult, pair: thick_slices.ThickThinPair
     if result.std is not None:
         mask = interpolation.scored_mask(pair)
         row["std_mean_hu"] = float(result.std.array[mask].mean())
-        row["std_error_corr"] = uncertainty_error_correlation(result.std.array, result.mean.array - pair.thin.array,
-                                                              mask)
+        row["std_error_corr"] = uncertainty_error_correlation(
+            result.std.array, result.mean.array - pair.thin.array, mask
+        )
     else:
         row["std_mean_hu"] = row["std_error_corr"] = float("nan")
     # network cost, independent of the machine: U-Net calls over all z-windows and samples

@@ -25,7 +25,8 @@ def _list_samplers() -> int:
 
 
 def _output_kind(path: str, overwrite: bool, what: str) -> str:
-    """``"nifti"`` for ``.nii`` / ``.nii.gz``, ``"dicom"`` for a folder (existing, ending in '/', or no suffix)."""
+    """``"nifti"`` for ``.nii`` / ``.nii.gz``, ``"dicom"`` for a folder
+    (existing, ending in '/', or no suffix)."""
     target = Path(path)
     if path.endswith((".nii", ".nii.gz")):
         kind = "nifti"
@@ -96,7 +97,9 @@ def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
     if thick.modality != "CT":
         raise _BadInput(f"{args.input}: modality is {thick.modality!r}, expected 'CT'")
     if thick.shape[0] < 2:
-        raise _BadInput(f"{args.input}: {thick.shape[0]} slice(s); need at least 2 thick slices to interpolate")
+        raise _BadInput(
+            f"{args.input}: {thick.shape[0]} slice(s); need at least 2 thick slices to interpolate"
+        )
     interpolator = bundle.load_interpolator(args.run, vae_checkpoint=args.vae, use_ema=not args.no_ema,
                                             device=args.device)
     factor = interpolator.spec.factor if args.factor is None else args.factor
@@ -106,9 +109,19 @@ def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
             "pass --force-factor to use it anyway"
         )
     result = pipeline.interpolate_volume(
-        thick, interpolator, factor=factor, sampler=args.sampler, steps=args.steps, eta=args.eta,
-        samples=args.samples, window_depth=args.window_depth, overlap=args.overlap,
-        data_consistency=not args.no_data_consistency, seed=args.seed, progress=not args.quiet, chunk=args.chunk,
+        thick,
+        interpolator,
+        factor=factor,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        samples=args.samples,
+        window_depth=args.window_depth,
+        overlap=args.overlap,
+        data_consistency=not args.no_data_consistency,
+        seed=args.seed,
+        progress=not args.quiet,
+        chunk=args.chunk,
         bf16=args.bf16,
     )
     reference = _reference_file(thick) if "dicom" in (out_kind, std_kind) else None
@@ -152,7 +165,9 @@ def add_subcommands(sub: Any) -> None:
     """Register ``ctlib interpolate`` on the ``ctlib`` command's subparsers."""
     interp = sub.add_parser("interpolate", help="thick CT in, thin CT out, by a trained latent-diffusion run")
     interp.add_argument("input", nargs="?", help="thick CT: DICOM folder or NIfTI file")
-    interp.add_argument("output", nargs="?", help="thin CT: .nii / .nii.gz file, or a folder for a DICOM series")
+    interp.add_argument(
+        "output", nargs="?", help="thin CT: .nii / .nii.gz file, or a folder for a DICOM series"
+    )
     interp.add_argument("--run", help="diffusion run id (or its folder, or a diffusion.pt checkpoint)")
     interp.add_argument("--vae", help="VAE checkpoint, instead of the run named by the diffusion checkpoint")
     interp.add_argument("--factor", type=int, help="thin slices per thick slice (default: the model's)")
@@ -164,7 +179,9 @@ def add_subcommands(sub: Any) -> None:
     interp.add_argument("--std", metavar="OUT_STD", help="write the per-voxel std over the samples (HU) here")
     interp.add_argument("--window-depth", type=int, help="thin slices per z-window (default 48)")
     interp.add_argument("--overlap", type=int, help="slices shared by neighbouring windows (default 1/4)")
-    interp.add_argument("--no-data-consistency", action="store_true", help="keep slab means off the thick slices")
+    interp.add_argument(
+        "--no-data-consistency", action="store_true", help="keep slab means off the thick slices"
+    )
     interp.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     interp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     interp.add_argument("--chunk", type=int, default=16, help="slices per VAE call (default 16)")

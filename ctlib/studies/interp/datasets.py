@@ -35,7 +35,9 @@ VolumeList = Sequence[tuple[str, str | os.PathLike]]
 def load_split(run_id_or_dir: str | os.PathLike, split: str) -> list[tuple[str, Path]]:
     """``[(volume_id, cache file)]`` of one split of a preprocessing run (a run id, or its folder)."""
     candidate = Path(run_id_or_dir)
-    run_dir = candidate if (candidate / "cache" / "manifest.csv").is_file() else runs.run_dir_of(str(run_id_or_dir))
+    run_dir = (
+        candidate if (candidate / "cache" / "manifest.csv").is_file() else runs.run_dir_of(str(run_id_or_dir))
+    )
     manifest_path = run_dir / "cache" / "manifest.csv"
     if not manifest_path.is_file():
         raise CTInputError(manifest_path, "no manifest: is this the run of the preprocessing notebook?")
@@ -46,11 +48,15 @@ def load_split(run_id_or_dir: str | os.PathLike, split: str) -> list[tuple[str, 
     cached = manifest[manifest["status"] == "cached"]
     rows = cached[cached["split"] == split]
     if rows.empty:
-        raise ValueError(f"{manifest_path}: no cached volumes in split {split!r}; splits: {sorted(set(cached['split']))}")
+        raise ValueError(
+            f"{manifest_path}: no cached volumes in split {split!r}; splits: {sorted(set(cached['split']))}"
+        )
     out = [(str(r.volume_id), run_dir / "cache" / str(r.cache_file)) for r in rows.itertuples()]
     absent = [str(p) for _, p in out if not p.is_file()]
     if absent:
-        raise CTInputError(absent[0], f"cache file listed in the manifest is missing ({len(absent)} missing in all)")
+        raise CTInputError(
+            absent[0], f"cache file listed in the manifest is missing ({len(absent)} missing in all)"
+        )
     return out
 
 
@@ -83,7 +89,9 @@ def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     return int(h), int(w)
 
 
-def _inplane_window(shape_yx: tuple[int, int], patch: tuple[int, int] | None, rng: np.random.Generator) -> tuple[slice, slice]:
+def _inplane_window(
+    shape_yx: tuple[int, int], patch: tuple[int, int] | None, rng: np.random.Generator
+) -> tuple[slice, slice]:
     """Random in-plane crop (the whole axis where the patch is not smaller than the slice)."""
     if patch is None:
         return slice(None), slice(None)
@@ -175,7 +183,8 @@ class SliceDataset(_CachedVolumes):
 
 
 class PairPatchDataset(_CachedVolumes):
-    """Thick/thin training pairs: 3D patches ``(D, h, w)`` of the thin volume with their simulated thick slices.
+    """Thick/thin training pairs: 3D patches ``(D, h, w)`` of the thin volume with their simulated thick
+    slices.
 
     Thick slice ``k`` of a volume is ``thick_slices.simulate_thick(volume, factor, mode, slab)`` slice
     ``k`` (slab mean of thin slices ``k * factor + [0, slab)``, or decimation), the grid of
@@ -211,7 +220,9 @@ class PairPatchDataset(_CachedVolumes):
         if mode not in thick_slices.THICK_MODES:
             raise ValueError(f"mode must be one of {list(thick_slices.THICK_MODES)}, got {mode!r}")
         if factor < 1 or depth < factor or depth % factor:
-            raise ValueError(f"depth must be a positive multiple of factor; got depth={depth}, factor={factor}")
+            raise ValueError(
+                f"depth must be a positive multiple of factor; got depth={depth}, factor={factor}"
+            )
         self.factor, self.depth, self.mode = int(factor), int(depth), mode
         self.slab = 1 if mode == "decimate" else int(slab or factor)
         self.patch_size = _pair(patch_size)
@@ -221,7 +232,11 @@ class PairPatchDataset(_CachedVolumes):
         keep, groups, self.n_blocks, short = [], [], [], []
         for i, path in enumerate(self.paths):
             n_thin = cached_shape(path)[0]
-            n_blocks = min((n_thin - self.slab) // self.factor + 1, n_thin // self.factor) if n_thin >= self.slab else 0
+            n_blocks = (
+                min((n_thin - self.slab) // self.factor + 1, n_thin // self.factor)
+                if n_thin >= self.slab
+                else 0
+            )
             if n_blocks < self.blocks_per_patch:
                 short.append(f"{self.volume_ids[i]} ({n_thin} slices)")
                 continue
@@ -229,9 +244,13 @@ class PairPatchDataset(_CachedVolumes):
             groups.append(n_blocks - self.blocks_per_patch + 1)
             self.n_blocks.append(n_blocks)
         if short:
-            warnings.warn(f"PairPatchDataset: skipping volumes too short for depth={depth}: {short}", stacklevel=2)
+            warnings.warn(
+                f"PairPatchDataset: skipping volumes too short for depth={depth}: {short}", stacklevel=2
+            )
         if not keep:
-            raise ValueError(f"PairPatchDataset: no volume has enough slices for depth={depth} at factor {factor}")
+            raise ValueError(
+                f"PairPatchDataset: no volume has enough slices for depth={depth} at factor {factor}"
+            )
         self.volume_ids = [self.volume_ids[i] for i in keep]
         self.paths = [self.paths[i] for i in keep]
         self._set_groups(groups)
@@ -256,7 +275,9 @@ class PairPatchDataset(_CachedVolumes):
             "linear": linear[k0 * f : (k0 + nb) * f],
         }
         out: dict[str, Any] = {
-            name: torch.from_numpy(np.ascontiguousarray(_pad_inplane(windows.normalize(a, self.window), self.patch_size))[None])
+            name: torch.from_numpy(
+                np.ascontiguousarray(_pad_inplane(windows.normalize(a, self.window), self.patch_size))[None]
+            )
             for name, a in parts.items()
         }
         out["volume_index"] = v

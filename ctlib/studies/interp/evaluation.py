@@ -3,8 +3,8 @@
 Used by the evaluation notebook (``slice_interp/2026-11-23_04_evaluate``) and the quality benchmark
 (``bench/slice_interp_quality.py``). For a thin volume and a factor: thick slices are simulated
 (``thick_slices.thick_thin_pair``), then linear and cubic z-interpolation always run, the regressor
-(``ctlib.studies.interp.regression``) and latent diffusion (``ctlib.studies.interp.pipeline``) run at the factor
-they were trained for; ``ctlib.studies.interp.scoring.evaluate`` scores each estimate (synthesized
+(``ctlib.studies.interp.regression``) and latent diffusion (``ctlib.studies.interp.pipeline``) run at the
+factor they were trained for; ``ctlib.studies.interp.scoring.evaluate`` scores each estimate (synthesized
 slices only, body mask, FULL and soft-tissue windows, per-slice SSIM, slab residual).
 """
 
@@ -69,7 +69,8 @@ def compare_methods(
     regressor: RegressorBundle | None = None,
     sampling: SamplingOptions = SamplingOptions(),
 ) -> Comparison:
-    """Simulate thick slices of ``volume`` at ``factor`` and interpolate them back with every method that applies.
+    """Simulate thick slices of ``volume`` at ``factor`` and interpolate them back with every method that
+    applies.
 
     Raises ``ValueError`` when the volume is too short for the factor.
     """
@@ -83,8 +84,19 @@ def compare_methods(
     result = None
     if interpolator is not None and factor == interpolator.spec.factor:
         result = pipeline.interpolate_volume(
-            pair.thick, interpolator, factor=factor, sampler=sampling.sampler, steps=sampling.steps,
-            eta=sampling.eta, samples=sampling.samples, window_depth=sampling.window_depth, seed=sampling.seed,
-            chunk=sampling.chunk, bf16=sampling.bf16, progress=False, return_raw=True)
+            pair.thick,
+            interpolator,
+            factor=factor,
+            sampler=sampling.sampler,
+            steps=sampling.steps,
+            eta=sampling.eta,
+            samples=sampling.samples,
+            window_depth=sampling.window_depth,
+            seed=sampling.seed,
+            chunk=sampling.chunk,
+            bf16=sampling.bf16,
+            progress=False,
+            return_raw=True,
+        )
         estimates["diffusion"], estimates["diffusion, no DC"] = result.mean, result.raw
     return Comparison(pair=pair, estimates=estimates, diffusion=result)

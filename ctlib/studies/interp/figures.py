@@ -83,10 +83,17 @@ def comparison_grid(
     bad = [v for v in views if v not in VIEWS]
     if bad or not views:
         raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {list(views)}")
-    if zoom is not None and (len(zoom) != 4 or not (0 <= zoom[0] < zoom[1] <= 1 and 0 <= zoom[2] < zoom[3] <= 1)):
-        raise ValueError(f"zoom must be (top, bottom, left, right) fractions with top < bottom, left < right: {zoom}")
+    if zoom is not None and (
+        len(zoom) != 4 or not (0 <= zoom[0] < zoom[1] <= 1 and 0 <= zoom[2] < zoom[3] <= 1)
+    ):
+        raise ValueError(
+            f"zoom must be (top, bottom, left, right) fractions with top < bottom, left < right: {zoom}"
+        )
     if map_mask is not None:
-        maps = {name: v.with_array(np.where(map_mask, v.array, 0.0).astype(np.float32)) for name, v in maps.items()}
+        maps = {
+            name: v.with_array(np.where(map_mask, v.array, 0.0).astype(np.float32))
+            for name, v in maps.items()
+        }
     shown = {name: reorient_to_lps(v) for name, v in {**images, **maps}.items()}
     reference = min(shown.values(), key=lambda v: v.spacing[0])  # min keeps the first of equals
     z, y, x = centre if centre is not None else tuple(n // 2 for n in reference.shape)
@@ -103,9 +110,14 @@ def comparison_grid(
         ratio = image.shape[0] * panels.plane_aspect(view, reference.spacing) / image.shape[1]
         heights.append(ratio * (zoom[1] - zoom[0]) / (zoom[3] - zoom[2]) if zoomed else ratio)
     heights = [min(max(h, 0.15), 3.0) for h in heights]
-    fig, axes = plt.subplots(len(rows), len(names), squeeze=False, layout="constrained", height_ratios=heights,
-                             figsize=(panel_size_in * len(names) + (0.6 if maps else 0.0),
-                                      panel_size_in * sum(heights) + 0.4))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(names),
+        squeeze=False,
+        layout="constrained",
+        height_ratios=heights,
+        figsize=(panel_size_in * len(names) + (0.6 if maps else 0.0), panel_size_in * sum(heights) + 0.4),
+    )
     mapped = None
     for r, (view, zoomed) in enumerate(rows):
         for c, name in enumerate(names):
@@ -114,9 +126,16 @@ def comparison_grid(
             if zoomed:  # crop in picture coordinates: a head-up reformat is drawn last row first
                 image, head_up = _crop(image[::-1] if head_up else image, zoom), False
             is_map = name in maps
-            handle = panels.show_plane(ax, image, view, shown[name].spacing, head_up=head_up,
-                                       cmap=MAP_CMAP if is_map else "gray", vmin=0.0 if is_map else window.low,
-                                       vmax=map_max_hu if is_map else window.high)
+            handle = panels.show_plane(
+                ax,
+                image,
+                view,
+                shown[name].spacing,
+                head_up=head_up,
+                cmap=MAP_CMAP if is_map else "gray",
+                vmin=0.0 if is_map else window.low,
+                vmax=map_max_hu if is_map else window.high,
+            )
             mapped = handle if is_map else mapped
             ax.set_xticks([])
             ax.set_yticks([])
@@ -158,10 +177,14 @@ def ablation_curves(
         by_steps = group[group["samples"] == k_min].sort_values("steps")
         ax_steps.plot(by_steps["steps"], by_steps[metric], "o-", color=colour, label=label)
         by_k = group[group["steps"] == group["steps"].max()].sort_values("samples")
-        ax_k.plot(by_k["samples"], by_k[metric], "o-", color=colour, label=f"{label}, {group['steps'].max()} steps")
+        ax_k.plot(
+            by_k["samples"], by_k[metric], "o-", color=colour, label=f"{label}, {group['steps'].max()} steps"
+        )
         ax_cost.plot(by_k["samples"], by_k[cost], "s--", color=colour, alpha=0.6)
     ax_steps.set_xscale("log")
-    ax_steps.set_xticks(sorted(summary["steps"].unique()), [str(s) for s in sorted(summary["steps"].unique())])
+    ax_steps.set_xticks(
+        sorted(summary["steps"].unique()), [str(s) for s in sorted(summary["steps"].unique())]
+    )
     ax_steps.minorticks_off()
     ax_steps.set_xlabel("denoising steps")
     ax_steps.set_ylabel(metric_label)
@@ -210,7 +233,8 @@ def table_figure(tables: Mapping[str, pd.DataFrame], *, caption: str | None = No
         drawn = ax.table(cellText=cells, colLabels=labels, loc="center", cellLoc="center",
                          colWidths=[n / sum(chars) for n in chars])  # widths follow the longest text
         drawn.auto_set_font_size(False)
-        drawn.set_fontsize(min(10.0, max(6.0, 10.0 * width_in * 12.0 / sum(chars))))  # ~12 chars/inch at 10 pt
+        # ~12 chars/inch at 10 pt
+        drawn.set_fontsize(min(10.0, max(6.0, 10.0 * width_in * 12.0 / sum(chars))))
         drawn.scale(1.0, 1.25)
         two_lines = any("\n" in label for label in labels)
         for (row, _), cell in drawn.get_celld().items():

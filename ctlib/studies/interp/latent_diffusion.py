@@ -32,7 +32,8 @@ class InterpDiffusionSpec(spec.DiffusionSpec):
 def encode_pair(
     vae: nn.Module, batch: dict[str, torch.Tensor], scale_factor: float, *, chunk: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x0, cond)`` latents ``(B, 4, D, h, w)`` of a ``PairPatchDataset`` batch (thin target, linear condition)."""
+    """``(x0, cond)`` latents ``(B, 4, D, h, w)`` of a ``PairPatchDataset`` batch
+    (thin target, linear condition)."""
     x0 = vae_module.encode_slices(vae, batch["thin"], scale_factor, chunk=chunk)
     cond = vae_module.encode_slices(vae, batch["linear"], scale_factor, chunk=chunk)
     return x0, cond

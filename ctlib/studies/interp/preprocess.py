@@ -113,20 +113,32 @@ def build_pairs(
     for _, entry in tqdm(list(cached.iterrows()), desc="pairs", disable=not progress):
         volume = cache.load_volume(cache_dir / entry["cache_file"])
         for factor in factors:
-            row: dict[str, Any] = {"volume_id": entry["volume_id"], "split": entry["split"], "factor": int(factor)}
+            row: dict[str, Any] = {
+                "volume_id": entry["volume_id"],
+                "split": entry["split"],
+                "factor": int(factor),
+            }
             try:
                 pair = thick_slices.thick_thin_pair(volume, int(factor), mode=mode)
             except ValueError as err:  # too few slices for this factor
                 rows.append({**row, "status": "skipped", "error": str(err)})
                 continue
             path = cache.save_volume(pair.thick, cache_dir / "thick" / f"{entry['volume_id']}_x{factor}.npz")
-            rows.append({
-                **row, "status": "built", "error": "", "mode": mode, "thick_file": path.relative_to(cache_dir).as_posix(),
-                "n_thick": pair.thick.shape[0], "n_thin": pair.thin.shape[0], "thin_start": pair.offset,
-                "thick_spacing_mm": round(pair.thick.spacing[0], 4),
-                "thick_thickness_mm": round(pair.thick.slice_thickness_mm or 0.0, 4),
-                **baseline_psnr(pair),
-            })
+            rows.append(
+                {
+                    **row,
+                    "status": "built",
+                    "error": "",
+                    "mode": mode,
+                    "thick_file": path.relative_to(cache_dir).as_posix(),
+                    "n_thick": pair.thick.shape[0],
+                    "n_thin": pair.thin.shape[0],
+                    "thin_start": pair.offset,
+                    "thick_spacing_mm": round(pair.thick.spacing[0], 4),
+                    "thick_thickness_mm": round(pair.thick.slice_thickness_mm or 0.0, 4),
+                    **baseline_psnr(pair),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -62,7 +62,8 @@ def interpolate_regression(
     roi_size: tuple[int, int, int] = (32, 128, 128),
     overlap: float = 0.25,
 ) -> Volume:
-    """Thin volume ``(n_thin, y, x)`` in HU on the thin grid: linear z-interpolation corrected by the regressor.
+    """Thin volume ``(n_thin, y, x)`` in HU on the thin grid: linear z-interpolation corrected by the
+    regressor.
 
     ``factor`` must be the one the regressor was trained for (its residual is factor-specific).
     """
@@ -70,5 +71,9 @@ def interpolate_regression(
         raise ValueError(f"regressor trained for x{model_bundle.factor}, asked for x{factor}")
     linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)
     x = torch.from_numpy(windows.normalize(linear.array, model_bundle.window))[None, None]
-    y = regressor.predict_volume(model_bundle.model, x.to(model_bundle.device), roi_size=roi_size, overlap=overlap)
-    return linear.with_array(windows.denormalize(y[0, 0].float().cpu().numpy(), model_bundle.window, clip=True))
+    y = regressor.predict_volume(
+        model_bundle.model, x.to(model_bundle.device), roi_size=roi_size, overlap=overlap
+    )
+    return linear.with_array(
+        windows.denormalize(y[0, 0].float().cpu().numpy(), model_bundle.window, clip=True)
+    )

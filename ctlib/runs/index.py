@@ -7,7 +7,6 @@ git) and the run archive (``experiments/``, in git), so a fresh clone loses no r
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -24,9 +23,8 @@ _NOTES = re.compile(r"^## Notes[ \t]*$", re.MULTILINE)
 BEGIN = "<!-- BEGIN GENERATED TABLE: do not edit by hand; regenerate with `ctlib index` or `make index` -->"
 END = "<!-- END GENERATED TABLE -->"
 DEFAULT_NOTES = (
-    f"{NOTES_HEADING}\n\n"
-    "Hand-written notes about the runs above (what was learned, which run ids matter). This section\n"
-    "is kept verbatim when the table is regenerated.\n"
+    f"{NOTES_HEADING}\n\nHand-written notes about the runs above (what was learned, which run ids matter). "
+    "This section\nis kept verbatim when the table is regenerated.\n"
 )
 
 
@@ -82,22 +80,14 @@ def _entries(root: Path, kept: str) -> list[dict[str, Any]]:
                 "started_utc": record.started_utc,
                 "duration_s": record.duration_s,
                 "error": record.error,
-                "params": _read_json(folder / "params.json").get("parameters", {}),
-                "metrics": _read_json(folder / "metrics.json"),
+                "params": record_io.read_json_object(folder / "params.json").get("parameters", {}),
+                "metrics": record_io.read_json_object(folder / "metrics.json"),
                 "metrics_left_out": int(record.extra.get("metrics_left_out") or 0),
                 "lost": record.lost,
                 "kept": ("lost",) if record.lost else (kept,),
             }
         )
     return entries
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 COLUMNS = ("Run", "Notebook", "Set", "Git", "Status", "Duration", "Kept in", "Key metrics")
@@ -133,8 +123,11 @@ def render_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_index(path: Path | None = None, runs_dir: Path | None = None, archive_dir: Path | None = None) -> Path:
-    """Regenerate the index file atomically from ``runs/`` and ``experiments/``, keeping ``## Notes`` verbatim.
+def write_index(
+    path: Path | None = None, runs_dir: Path | None = None, archive_dir: Path | None = None
+) -> Path:
+    """Regenerate the index file atomically from ``runs/`` and ``experiments/``, keeping ``## Notes``
+    verbatim.
 
     A new file gets a placeholder Notes section. An existing file with neither a Notes section
     nor the generated-table marker is refused rather than overwritten: it was written by hand.
@@ -167,10 +160,11 @@ def _summary(entries: list[dict[str, Any]], root: Path, archive_root: Path) -> s
     lost = [e["run_id"] for e in entries if e["lost"]]
     text = (
         f"Generated from `{_display(root)}` (run folders on this machine, not in git) and "
-        f"`{_display(archive_root, archive.ARCHIVE_ENV_VAR)}` (light records kept in git by `ctlib archive`): "
-        f"{len(entries)} runs ({count['completed']} completed, {count['failed']} failed, {count['running']} "
-        f"running or killed; {archived} archived, {len(lost)} lost), newest first. Key metrics are up to "
-        f"{MAX_METRICS} numeric values of each run's `metrics.json`, 4 significant digits.\n\n"
+        f"`{_display(archive_root, archive.ARCHIVE_ENV_VAR)}` (light records kept in git by `ctlib "
+        f"archive`): {len(entries)} runs ({count['completed']} completed, {count['failed']} failed, "
+        f"{count['running']} running or killed; {archived} archived, {len(lost)} lost), newest first. Key "
+        f"metrics are up to {MAX_METRICS} numeric values of each run's `metrics.json`, 4 significant "
+        "digits.\n\n"
     )
     if lost:
         text += (
@@ -275,7 +269,9 @@ def parse_table(text: str) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run_id": row["Run"].strip("`"),
-                "notebook": None if row["Notebook"] == "(interactive)" else f"notebooks/{row['Notebook']}.ipynb",
+                "notebook": (
+                    None if row["Notebook"] == "(interactive)" else f"notebooks/{row['Notebook']}.ipynb"
+                ),
                 "parameter_set": None if row["Set"] == "defaults" else row["Set"],
                 "git_commit": None if row["Git"] == "no git" else commit,
                 "git_dirty": None if row["Git"] == "no git" else dirty == "dirty",

@@ -112,7 +112,8 @@ class RunRecord:
 
     @classmethod
     def from_file(cls, path: str | Path) -> RunRecord:
-        """Read ``path`` (a ``run.json`` or the run folder holding one); ``ValueError`` if it is not a record."""
+        """Read ``path`` (a ``run.json`` or the run folder holding one);
+        ``ValueError`` if it is not a record."""
         file = Path(path)
         file = file / RECORD_FILE if file.is_dir() else file
         data = json.loads(file.read_text())
@@ -144,3 +145,12 @@ def read_record(run_dir: str | Path) -> RunRecord:
 def has_record(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a ``run.json`` (a folder without one is not a run)."""
     return (Path(run_dir) / RECORD_FILE).is_file()
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A run file's JSON object (params, metrics, upstream); ``{}`` when it is missing or broken."""
+    try:
+        data = json.loads(Path(file).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

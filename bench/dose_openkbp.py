@@ -1,22 +1,26 @@
-"""Benchmark: OpenKBP dose score, DVH score and gamma pass rate of every trained dose variant, next to the anchors.
+"""Benchmark: OpenKBP dose score, DVH score and gamma pass rate of every trained dose variant, next to the
+anchors.
 
-Protocol (``ctlib.studies.dose.evaluation``, the same code as notebook 03): for each training run of notebook 02 given on
-the command line, every patient of ``--split`` (default ``test``: the 40 test patients of the shared OpenKBP data)
-of the preprocessing run recorded in its checkpoint is predicted whole (sliding windows of the run's validation
-size, overlap and blending; DDIM sampling with the run's steps and EMA weights for the diffusion variant, noise
-seeded per patient) and set to 0 outside the possible-dose mask. Dose score = MAE in Gy inside the possible-dose
-mask, mean over patients; DVH score = mean |error| in Gy of D99 / D95 / D1 (PTVs) and D0.1cc / Dmean (OARs) pooled
-over every (patient, structure, metric) pair (the challenge's number); gamma = global 3 % / 3 mm, 10 % cutoff, the
-planned dose as reference (``ctlib.metrics.gamma``), mean pass rate over the patients it was computed on
-(``--gamma-max-patients``: the first N, 0 = all; the JSON states how many). ``--diffusion-max-patients`` scores a
-diffusion variant on the first N patients only (sampling every window is slow on a CPU; stated too).
+Protocol (``ctlib.studies.dose.evaluation``, the same code as notebook 03): for each training run of notebook
+02 given on the command line, every patient of ``--split`` (default ``test``: the 40 test patients of the
+shared OpenKBP data) of the preprocessing run recorded in its checkpoint is predicted whole (sliding windows
+of the run's validation size, overlap and blending; DDIM sampling with the run's steps and EMA weights for the
+diffusion variant, noise seeded per patient) and set to 0 outside the possible-dose mask. Dose score = MAE in
+Gy inside the possible-dose mask, mean over patients; DVH score = mean |error| in Gy of D99 / D95 / D1 (PTVs)
+and D0.1cc / Dmean (OARs) pooled over every (patient, structure, metric) pair (the challenge's number);
+gamma = global 3 % / 3 mm, 10 % cutoff, the planned dose as reference (``ctlib.metrics.gamma``), mean pass
+rate over the patients it was computed on (``--gamma-max-patients``: the first N, 0 = all; the JSON states how
+many). ``--diffusion-max-patients`` scores a diffusion variant on the first N patients only (sampling every
+window is slow on a CPU; stated too).
 
 Each variant's training budget comes from its run: steps, batch size, gradient accumulation, patch size, model
-size, parameter set and options (``params.json``), wall time (``run.json`` ``duration_s``) and device. The OpenKBP
-anchors (winner 2.43 / 1.48 Gy, plain 3D U-Net 2.77 / 2.20 Gy) are on the challenge's full 100-patient test set.
+size, parameter set and options (``params.json``), wall time (``run.json`` ``duration_s``) and device. The
+OpenKBP anchors (winner 2.43 / 1.48 Gy, plain 3D U-Net 2.77 / 2.20 Gy) are on the challenge's full 100-patient
+test set.
 
     python bench/dose_openkbp.py --train-runs <run id> [<run id> ...] [--split test] [--threads 0]
-        [--diffusion-max-patients 0] [--sample-steps 0] [--gamma-max-patients 0] [--out bench/results/dose_openkbp.json]
+        [--diffusion-max-patients 0] [--sample-steps 0] [--gamma-max-patients 0]
+        [--out bench/results/dose_openkbp.json]
 """
 
 from __future__ import annotations
@@ -42,11 +46,32 @@ from ctlib.studies.dose.patient_file import list_dose_patients  # noqa: E402
 from ctlib.train import distributed  # noqa: E402
 
 PACKAGES = ("torch", "monai", "numpy", "scipy")
-BUDGET_KEYS = ("model_kind", "steps", "batch_size", "grad_accum_steps", "patch_size", "lr", "amp", "num_res_units",
-               "sw_roi", "sw_overlap", "max_train_patients", "seed")
-KIND_KEYS = {"unet": ("loss", "channels", "film_hidden"),
-             "diffusion": ("diffusion_channels", "diffusion_attention", "prediction", "schedule", "min_snr_gamma",
-                           "ema_decay", "sample_steps")}
+BUDGET_KEYS = (
+    "model_kind",
+    "steps",
+    "batch_size",
+    "grad_accum_steps",
+    "patch_size",
+    "lr",
+    "amp",
+    "num_res_units",
+    "sw_roi",
+    "sw_overlap",
+    "max_train_patients",
+    "seed",
+)
+KIND_KEYS = {
+    "unet": ("loss", "channels", "film_hidden"),
+    "diffusion": (
+        "diffusion_channels",
+        "diffusion_attention",
+        "prediction",
+        "schedule",
+        "min_snr_gamma",
+        "ema_decay",
+        "sample_steps",
+    ),
+}
 
 
 def training_budget(run_id: str, bundle: evaluation.DoseModelBundle) -> dict:
@@ -72,10 +97,14 @@ def training_budget(run_id: str, bundle: evaluation.DoseModelBundle) -> dict:
 
 def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) -> tuple[dict, pd.DataFrame]:
     """Scores of one training run on the split, with its budget; and its per-patient rows."""
-    bundle = evaluation.load_dose_run(runs.run_dir_of(run_id), device=device, sample_steps=args.sample_steps or None)
+    bundle = evaluation.load_dose_run(
+        runs.run_dir_of(run_id), device=device, sample_steps=args.sample_steps or None
+    )
     patients = list_dose_patients(runs.run_dir_of(bundle.preprocess_run_id), args.split)
     if not patients:
-        raise SystemExit(f"{run_id}: no {args.split!r} patients in preprocessing run {bundle.preprocess_run_id}")
+        raise SystemExit(
+            f"{run_id}: no {args.split!r} patients in preprocessing run {bundle.preprocess_run_id}"
+        )
     available = len(patients)
     if bundle.model_kind == "diffusion" and args.diffusion_max_patients:
         patients = patients[: args.diffusion_max_patients]
@@ -88,9 +117,15 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
         print(f"  {bundle.variant} {row['patient']}: dose score {row['dose_score_gy']:.2f} Gy, "
               f"DVH {row['dvh_score_gy']:.2f} Gy{gamma_text}", flush=True)
 
-    parts = [evaluation.evaluate_patients(bundle, patients[:gamma_n], gamma_options=gamma_options, progress=progress)]
+    parts = [
+        evaluation.evaluate_patients(
+            bundle, patients[:gamma_n], gamma_options=gamma_options, progress=progress
+        )
+    ]
     if patients[gamma_n:]:
-        parts.append(evaluation.evaluate_patients(bundle, patients[gamma_n:], with_gamma=False, progress=progress))
+        parts.append(
+            evaluation.evaluate_patients(bundle, patients[gamma_n:], with_gamma=False, progress=progress)
+        )
     scores = pd.concat([p.scores for p in parts], ignore_index=True)
     dvh = pd.concat([p.dvh for p in parts], ignore_index=True)
     summary = evaluation.summarize(scores, dvh).iloc[0]
@@ -123,7 +158,8 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
 
 def merged(old: dict, variants: list[dict], per_patient: list[dict]) -> tuple[list[dict], list[dict]]:
     """The variants and per-patient rows of an earlier report ``old`` whose training runs were not evaluated
-    again, followed by the new ones (each variant keeps its own ``evaluated_utc`` and ``evaluation_device``)."""
+    again, followed by the new ones (each variant keeps its own ``evaluated_utc`` and
+    ``evaluation_device``)."""
     fresh = {v["train_run_id"] for v in variants}
     kept = [v for v in old["variants"] if v["train_run_id"] not in fresh]
     for variant in kept:
@@ -135,12 +171,20 @@ def merged(old: dict, variants: list[dict], per_patient: list[dict]) -> tuple[li
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-runs", nargs="+", required=True, help="run ids of notebook 02 (one per variant)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--train-runs", nargs="+", required=True, help="run ids of notebook 02 (one per variant)"
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--diffusion-max-patients", type=int, default=0, help="0: every patient")
-    parser.add_argument("--sample-steps", type=int, default=0, help="diffusion DDIM steps; 0: the training run's")
-    parser.add_argument("--gamma-max-patients", type=int, default=0, help="gamma on the first N patients; 0: all")
+    parser.add_argument(
+        "--sample-steps", type=int, default=0, help="diffusion DDIM steps; 0: the training run's"
+    )
+    parser.add_argument(
+        "--gamma-max-patients", type=int, default=0, help="gamma on the first N patients; 0: all"
+    )
     parser.add_argument("--device", default="auto", help='"auto": CUDA if available, else CPU')
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/dose_openkbp.json")
@@ -158,32 +202,46 @@ def main(argv: list[str] | None = None) -> dict:
         variants.append(result)
         per_patient.append(scores.assign(train_run_id=run_id)[
             ["train_run_id", "variant", "patient", "dose_score_gy", "dvh_score_gy", "gamma_pass_percent"]])
-    per_patient = json.loads(pd.concat(per_patient, ignore_index=True).to_json(orient="records"))  # NaN -> null
+    # NaN -> null
+    per_patient = json.loads(pd.concat(per_patient, ignore_index=True).to_json(orient="records"))
     if args.merge and args.out.exists():
         variants, per_patient = merged(json.loads(args.out.read_text()), variants, per_patient)
     report = {
-        "benchmark": "dose_openkbp: OpenKBP dose score, DVH score and gamma pass rate of every trained dose variant "
-                     "on the shared OpenKBP test patients, next to the published anchors",
+        "benchmark": "dose_openkbp: OpenKBP dose score, DVH score and gamma pass rate of every trained dose "
+        "variant on the shared OpenKBP test patients, next to the published anchors",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": provenance.machine_info(PACKAGES),
         "evaluation_device": str(device),
         "torch_threads": torch.get_num_threads(),
         "protocol": {
             "split": args.split,
-            "test_set": "the test patients of the shared OpenKBP data (40 of the challenge's 100 test patients)",
-            "prediction": "whole volume, sliding windows (MONAI) of the training run's validation size, overlap and "
-                          "blending; diffusion: DDIM from the EMA weights, noise seeded per patient; 0 outside the "
-                          "possible-dose mask",
+            "test_set": "the test patients of the shared OpenKBP data (40 of the challenge's 100 test "
+            "patients)",
+            "prediction": "whole volume, sliding windows (MONAI) of the training run's validation size, "
+            "overlap and blending; diffusion: DDIM from the EMA weights, noise seeded per patient; "
+            "0 outside the possible-dose mask",
             "dose_score": "MAE (Gy) inside the possible-dose mask, mean over patients",
             "dvh_score": "mean |error| (Gy) of D99/D95/D1 (PTVs) and D0.1cc/Dmean (OARs), pooled over every "
-                         "(patient, structure, metric) pair; missing structures skipped",
-            "gamma": {**evaluation.GAMMA_DEFAULTS, "normalization": "global, planned maximum",
-                      "reference": "planned dose", "max_patients": args.gamma_max_patients or "all"},
+            "(patient, structure, metric) pair; missing structures skipped",
+            "gamma": {
+                **evaluation.GAMMA_DEFAULTS,
+                "normalization": "global, planned maximum",
+                "reference": "planned dose",
+                "max_patients": args.gamma_max_patients or "all",
+            },
             "diffusion_max_patients": args.diffusion_max_patients or "all",
             "diffusion_sample_steps": args.sample_steps or "the training run's sample_steps",
         },
-        "anchors": [{"name": a.name, "dose_score_gy": a.dose_score_gy, "dvh_score_gy": a.dvh_score_gy,
-                     "test_patients": a.test_patients, "source": a.source} for a in evaluation.ANCHORS],
+        "anchors": [
+            {
+                "name": a.name,
+                "dose_score_gy": a.dose_score_gy,
+                "dvh_score_gy": a.dvh_score_gy,
+                "test_patients": a.test_patients,
+                "source": a.source,
+            }
+            for a in evaluation.ANCHORS
+        ],
         "variants": variants,
         "per_patient": per_patient,
     }

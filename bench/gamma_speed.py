@@ -1,4 +1,5 @@
-"""Benchmark: ctlib's torch gamma index against ``pymedphys.gamma`` on real OpenKBP 128^3 dose pairs, side by side.
+"""Benchmark: ctlib's torch gamma index against ``pymedphys.gamma`` on real OpenKBP 128^3 dose pairs, side by
+side.
 
 Protocol: for each of the first ``--patients`` test patients of the shared OpenKBP data, the reference is
 the planned dose and the evaluated dose a realistic perturbation of it: shifted by one voxel along z
@@ -13,7 +14,8 @@ runs other jobs, and multi-threaded timings there measure the scheduler more tha
 pymedphys once per patient after a warm-up on a small grid (numba compilation), ctlib after one warm-up
 call, ``--repeats`` times (median). The CUDA time is measured too when a GPU is present.
 
-    python bench/gamma_speed.py [--patients 3] [--threads 1] [--repeats 3] [--out bench/results/gamma_speed.json]
+    python bench/gamma_speed.py [--patients 3] [--threads 1] [--repeats 3]
+        [--out bench/results/gamma_speed.json]
 
 On a GPU machine, ``--cuda-only`` adds the CUDA timings to an existing CPU report (``--baseline``) for its
 patients, without re-running pymedphys there: each row gains ``ctlib_cuda_s`` (median of ``--repeats``
@@ -47,7 +49,13 @@ from ctlib.metrics import gamma  # noqa: E402
 GOAL_SPEEDUP = 50.0
 GOAL_PASS_DIFF = 0.5
 PACKAGES = ("torch", "numpy", "scipy", "pymedphys", "numba")
-CRITERIA = {"dose_percent": 3.0, "distance_mm": 3.0, "cutoff_percent": 10.0, "max_gamma": 2.0, "interp_fraction": 10}
+CRITERIA = {
+    "dose_percent": 3.0,
+    "distance_mm": 3.0,
+    "cutoff_percent": 10.0,
+    "max_gamma": 2.0,
+    "interp_fraction": 10,
+}
 
 
 def perturb(dose_gy: np.ndarray) -> np.ndarray:
@@ -60,20 +68,29 @@ def pymedphys_gamma(reference: np.ndarray, evaluated: np.ndarray, spacing_mm) ->
     import pymedphys
 
     axes = tuple(np.arange(n) * s for n, s in zip(reference.shape, spacing_mm, strict=True))
-    return pymedphys.gamma(axes, reference, axes, evaluated, CRITERIA["dose_percent"], CRITERIA["distance_mm"],
-                           lower_percent_dose_cutoff=CRITERIA["cutoff_percent"],
-                           interp_fraction=CRITERIA["interp_fraction"], max_gamma=CRITERIA["max_gamma"])
+    return pymedphys.gamma(
+        axes,
+        reference,
+        axes,
+        evaluated,
+        CRITERIA["dose_percent"],
+        CRITERIA["distance_mm"],
+        lower_percent_dose_cutoff=CRITERIA["cutoff_percent"],
+        interp_fraction=CRITERIA["interp_fraction"],
+        max_gamma=CRITERIA["max_gamma"],
+    )
 
 
 def ours(reference, evaluated, spacing_mm, device: str | None = None) -> gamma.GammaResult:
-    """One cold call on the inputs' device: the search plan (offsets grouped by cell, cached per spacing) is rebuilt
-    and timed too."""
+    """One cold call on the inputs' device: the search plan (offsets grouped by cell,
+    cached per spacing) is rebuilt and timed too."""
     gamma._search_plan.cache_clear()
     return gamma.gamma_index(reference, evaluated, spacing_mm, device=device, **CRITERIA)
 
 
 def timed(run, *args):
-    """``((wall seconds, process CPU seconds), result)``: CPU time is robust to other jobs on a shared machine."""
+    """``((wall seconds, process CPU seconds), result)``:
+    CPU time is robust to other jobs on a shared machine."""
     wall, cpu = time.perf_counter(), time.process_time()
     result = run(*args)
     return (time.perf_counter() - wall, time.process_time() - cpu), result
@@ -109,8 +126,11 @@ def add_cuda_timings(baseline: dict, repeats: int) -> dict:
         row["ctlib_cuda_pass_rate_percent"] = result.pass_rate_percent
         row["cuda_pass_rate_diff_points"] = result.pass_rate_percent - row["pymedphys_pass_rate_percent"]
         row["speedup_cuda_vs_pymedphys_cpu"] = row["pymedphys_s"] / row["ctlib_cuda_s"]
-        print(f"{row['patient']}: CUDA {row['ctlib_cuda_s'] * 1000:.1f} ms, pass {result.pass_rate_percent:.3f} % "
-              f"(pymedphys {row['pymedphys_pass_rate_percent']:.3f} %)", flush=True)
+        print(
+            f"{row['patient']}: CUDA {row['ctlib_cuda_s'] * 1000:.1f} ms, pass "
+            f"{result.pass_rate_percent:.3f} % (pymedphys {row['pymedphys_pass_rate_percent']:.3f} %)",
+            flush=True,
+        )
     rows = report["patients"]
     total = sum(r["ctlib_cuda_s"] for r in rows)
     report["ctlib_cuda_total_s"] = total
@@ -123,14 +143,16 @@ def add_cuda_timings(baseline: dict, repeats: int) -> dict:
         "speedup_cuda_vs_ctlib_cpu_total": report["ctlib_cpu_total_s"] / total,
         "max_abs_cuda_pass_rate_diff_points": max(abs(r["cuda_pass_rate_diff_points"]) for r in rows),
         "note": "CUDA times on the GPU machine named here; pymedphys and ctlib CPU times are the baseline's "
-                "(the CPU machine under 'machine', threads as stated), so the CUDA ratios compare two machines",
+        "(the CPU machine under 'machine', threads as stated), so the CUDA ratios compare two machines",
     }
     report["note"] = "CUDA measured on the machine under 'cuda'"
     return report
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--patients", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and numba (pymedphys)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -141,8 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.cuda_only:
         report = add_cuda_timings(json.loads(args.baseline.read_text()), args.repeats)
         atomic.write_json(args.out, report)
-        print(f"CUDA total {report['ctlib_cuda_total_s']:.3f} s: x{report['cuda']['speedup_cuda_vs_pymedphys_cpu_total']:.0f} "
-              f"vs pymedphys (CPU), max |pass-rate diff| {report['cuda']['max_abs_cuda_pass_rate_diff_points']:.3f} points")
+        print(
+            f"CUDA total {report['ctlib_cuda_total_s']:.3f} s: "
+            f"x{report['cuda']['speedup_cuda_vs_pymedphys_cpu_total']:.0f} vs pymedphys (CPU), max "
+            f"|pass-rate diff| {report['cuda']['max_abs_cuda_pass_rate_diff_points']:.3f} points"
+        )
         print(f"wrote {args.out}")
         return report
     import numba
@@ -159,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
         patient = openkbp.read_openkbp_npz(path)
         reference, spacing = patient.dose_gy, patient.ct.spacing
         evaluated = perturb(reference)
-        (pymedphys_s, pymedphys_cpu_s), reference_gamma = timed(pymedphys_gamma, reference, evaluated, spacing)
+        (pymedphys_s, pymedphys_cpu_s), reference_gamma = timed(
+            pymedphys_gamma, reference, evaluated, spacing
+        )
         result = ours(reference, evaluated, spacing)
         cpu_times, process_times = [], []
         for _ in range(args.repeats):
@@ -188,29 +215,35 @@ def main(argv: list[str] | None = None) -> dict:
             "max_abs_gamma_diff": float(np.nanmax(np.abs(result.gamma - reference_gamma))),
         }
         rows.append(row)
-        print(f"{row['patient']}: pymedphys {pymedphys_s:.1f} s, ctlib {ctlib_s:.3f} s (x{row['speedup_cpu']:.0f}); "
-              f"pass {pymedphys_pass:.3f} % vs {result.pass_rate_percent:.3f} %", flush=True)
+        print(
+            f"{row['patient']}: pymedphys {pymedphys_s:.1f} s, ctlib {ctlib_s:.3f} s "
+            f"(x{row['speedup_cpu']:.0f}); pass {pymedphys_pass:.3f} % vs {result.pass_rate_percent:.3f} %",
+            flush=True,
+        )
 
     total_pymedphys = sum(r["pymedphys_s"] for r in rows)
     total_ctlib = sum(r["ctlib_cpu_s"] for r in rows)
     worst_diff = max(abs(r["pass_rate_diff_points"]) for r in rows)
     cuda = [r["ctlib_cuda_s"] for r in rows if r["ctlib_cuda_s"] is not None]
     report = {
-        "benchmark": "gamma_speed: ctlib.metrics.gamma.gamma_index (torch) vs pymedphys.gamma, same OpenKBP dose pairs",
+        "benchmark": "gamma_speed: ctlib.metrics.gamma.gamma_index (torch) vs pymedphys.gamma, "
+        "same OpenKBP dose pairs",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
         "threads": args.threads,
         "protocol": {
-            "data": f"shared OpenKBP test split, first {len(rows)} patients by id, full 128^3 grid, no random subset",
+            "data": f"shared OpenKBP test split, first {len(rows)} patients by id, full 128^3 grid, "
+            "no random subset",
             "reference": "planned dose (Gy)",
             "evaluated": "planned dose shifted 1 voxel along z (order 0), Gaussian sigma 1 voxel, x 1.02",
-            "criteria": "global gamma, normalization = reference max, cutoff = % of it, applied to the reference",
+            "criteria": "global gamma, normalization = reference max, cutoff = % of it, "
+            "applied to the reference",
             **CRITERIA,
             "pass": "gamma <= 1, over voxels with reference dose >= cutoff",
-            "timing": f"pymedphys once per patient after a numba warm-up; ctlib median of {args.repeats} calls "
-                      "after one warm-up, each rebuilding its search plan (cache cleared); both with the same "
-                      "thread count; wall seconds (perf_counter) and "
-                      "process CPU seconds (process_time, robust to other jobs on the machine)",
+            "timing": f"pymedphys once per patient after a numba warm-up; ctlib median of {args.repeats} "
+            "calls after one warm-up, each rebuilding its search plan (cache cleared); both with the same "
+            "thread count; wall seconds (perf_counter) and process CPU seconds (process_time, "
+            "robust to other jobs on the machine)",
         },
         "patients": rows,
         "pymedphys_total_s": total_pymedphys,
@@ -222,12 +255,16 @@ def main(argv: list[str] | None = None) -> dict:
         "max_abs_pass_rate_diff_points": worst_diff,
         "goal": {"speedup_min": GOAL_SPEEDUP, "pass_rate_diff_max_points": GOAL_PASS_DIFF},
         "pass": bool(total_pymedphys / total_ctlib >= GOAL_SPEEDUP and worst_diff <= GOAL_PASS_DIFF),
-        "note": "no GPU in this session: CUDA not measured" if not cuda else "CUDA measured on the device above",
+        "note": (
+            "no GPU in this session: CUDA not measured" if not cuda else "CUDA measured on the device above"
+        ),
     }
     atomic.write_json(args.out, report)
-    print(f"total: pymedphys {total_pymedphys:.1f} s, ctlib {total_ctlib:.2f} s, speedup x{report['speedup_cpu_total']:.0f} "
-          f"(process CPU x{report['speedup_process_cpu_total']:.0f}) "
-          f"(goal >= {GOAL_SPEEDUP:.0f}); max |pass-rate diff| {worst_diff:.3f} points (goal <= {GOAL_PASS_DIFF})")
+    print(
+        f"total: pymedphys {total_pymedphys:.1f} s, ctlib {total_ctlib:.2f} s, speedup "
+        f"x{report['speedup_cpu_total']:.0f} (process CPU x{report['speedup_process_cpu_total']:.0f}) (goal "
+        f">= {GOAL_SPEEDUP:.0f}); max |pass-rate diff| {worst_diff:.3f} points (goal <= {GOAL_PASS_DIFF})"
+    )
     print(f"wrote {args.out}")
     return report
 

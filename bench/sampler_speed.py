@@ -55,7 +55,9 @@ def build_unet() -> DiffusionModelUNet:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -79,8 +81,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     def monai() -> torch.Tensor:
         with torch.no_grad():
-            return inferer.sample(input_noise=noise, diffusion_model=unet, scheduler=scheduler, conditioning=cond,
-                                  mode="concat", verbose=False)
+            return inferer.sample(
+                input_noise=noise,
+                diffusion_model=unet,
+                scheduler=scheduler,
+                conditioning=cond,
+                mode="concat",
+                verbose=False,
+            )
 
     with torch.no_grad():  # one step, same t and previous t for both
         t = int(scheduler.timesteps[0])
@@ -121,11 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     atomic.write_json(args.out, report)
     verdict = "pass" if report["pass"] else "FAIL"
-    print(f"ctlib {ours_s:.3f} s ({ours_s / args.steps * 1e3:.1f} ms/step), MONAI {monai_s:.3f} s "
-          f"({monai_s / args.steps * 1e3:.1f} ms/step), ratio {ours_s / monai_s:.3f} (goal <= {GOAL_RATIO}): {verdict}")
-    print(f"max |ctlib - MONAI| = {report['max_abs_diff_outputs']:.3g} (output std {report['output_std']:.3g}; "
-          "MONAI's t - T//N previous timestep differs from the list); "
-          f"one step to the same previous timestep: {one_step_diff:.2g}")
+    print(
+        f"ctlib {ours_s:.3f} s ({ours_s / args.steps * 1e3:.1f} ms/step), MONAI {monai_s:.3f} s "
+        f"({monai_s / args.steps * 1e3:.1f} ms/step), ratio {ours_s / monai_s:.3f} (goal <= {GOAL_RATIO}): "
+        f"{verdict}"
+    )
+    print(
+        f"max |ctlib - MONAI| = {report['max_abs_diff_outputs']:.3g} (output std {report['output_std']:.3g}; "
+        "MONAI's t - T//N previous timestep differs from the list); "
+        f"one step to the same previous timestep: {one_step_diff:.2g}"
+    )
     print(f"wrote {args.out}")
     return report
 

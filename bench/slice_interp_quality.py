@@ -55,11 +55,17 @@ def held_out_volumes(preprocess_run_id: str, split: str, max_openkbp: int) -> li
 
 def vae_reconstruction(interpolator: bundle.Interpolator, volume, chunk: int) -> dict[str, float]:
     """PSNR (both windows) of the VAE's reconstruction of every thin slice, inside the body."""
-    codec = slice_codec.SliceCodec(interpolator.vae, interpolator.window, interpolator.scale_factor, chunk=chunk)
+    codec = slice_codec.SliceCodec(
+        interpolator.vae, interpolator.window, interpolator.scale_factor, chunk=chunk
+    )
     recon = codec.reconstruct(volume.array)
     mask = body_mask.body_mask(volume)
-    return {f"vae_psnr_{tag}_db": image_quality.psnr_hu(recon, volume.array, low_hu=w.low, high_hu=w.high, mask=mask)
-            for tag, w in (("full", windows.FULL), ("soft", windows.SOFT_TISSUE))}
+    return {
+        f"vae_psnr_{tag}_db": image_quality.psnr_hu(
+            recon, volume.array, low_hu=w.low, high_hu=w.high, mask=mask
+        )
+        for tag, w in (("full", windows.FULL), ("soft", windows.SOFT_TISSUE))
+    }
 
 
 def summarize(results: pd.DataFrame, recon: pd.DataFrame, consistency: pd.DataFrame) -> dict:
@@ -70,8 +76,14 @@ def summarize(results: pd.DataFrame, recon: pd.DataFrame, consistency: pd.DataFr
     table: dict = {}
     for cohort, part in [("all", results), *results.groupby("cohort")]:
         means = part.groupby(["factor", "method"])[columns].mean()
-        table[cohort] = {f"x{f}": {m: {c: round(float(v), 4) for c, v in row.items()} for (ff, m), row in means.iterrows()
-                                   if ff == f} for f in sorted(part["factor"].unique())}
+        table[cohort] = {
+            f"x{f}": {
+                m: {c: round(float(v), 4) for c, v in row.items()}
+                for (ff, m), row in means.iterrows()
+                if ff == f
+            }
+            for f in sorted(part["factor"].unique())
+        }
     verdicts = {}
     for factor_key, methods in table["all"].items():
         if "diffusion" not in methods:
@@ -87,16 +99,27 @@ def summarize(results: pd.DataFrame, recon: pd.DataFrame, consistency: pd.DataFr
     return {
         "means_by_cohort": table,
         "diffusion_vs_classic": verdicts,
-        "vae_reconstruction": {"psnr_full_db": round(vae_full, 3), "psnr_soft_db": round(float(recon["vae_psnr_soft_db"].mean()), 3),
-                               "goal_db": GOAL_VAE_DB, "pass": vae_full >= GOAL_VAE_DB},
-        "data_consistency_residual_hu": {
-            "before": round(float(consistency["residual_before_hu"].mean()), 3),
-            "after": round(float(consistency["residual_after_hu"].mean()), 3)} if len(consistency) else None,
+        "vae_reconstruction": {
+            "psnr_full_db": round(vae_full, 3),
+            "psnr_soft_db": round(float(recon["vae_psnr_soft_db"].mean()), 3),
+            "goal_db": GOAL_VAE_DB,
+            "pass": vae_full >= GOAL_VAE_DB,
+        },
+        "data_consistency_residual_hu": (
+            {
+                "before": round(float(consistency["residual_before_hu"].mean()), 3),
+                "after": round(float(consistency["residual_after_hu"].mean()), 3),
+            }
+            if len(consistency)
+            else None
+        ),
     }
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--diffusion-run", required=True, help="run id of notebook slice_interp 03")
     parser.add_argument("--regressor-run", default="", help="run id of notebook slice_interp 05 (optional)")
     parser.add_argument("--split", default="test")
@@ -109,13 +132,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/slice_interp_quality.json")
+    parser.add_argument(
+        "--out", type=Path, default=paths.repo_root() / "bench/results/slice_interp_quality.json"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     interpolator = bundle.load_interpolator(args.diffusion_run, device=args.device)
-    regressor = regression.load_regressor_run(args.regressor_run, device=args.device) if args.regressor_run else None
+    regressor = (
+        regression.load_regressor_run(args.regressor_run, device=args.device) if args.regressor_run else None
+    )
     sampling = evaluation.SamplingOptions(sampler=args.sampler, steps=args.steps, samples=args.samples,
                                           window_depth=args.window_depth, chunk=args.chunk)
     preprocess_id = interpolator.meta["preprocess_run_id"]
@@ -127,8 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
         recon_rows.append({"volume_id": volume_id, **vae_reconstruction(interpolator, volume, args.chunk)})
         for factor in args.factors:
             try:
-                comparison = evaluation.compare_methods(volume, factor, mode=interpolator.spec.mode,
-                                                        interpolator=interpolator, regressor=regressor, sampling=sampling)
+                comparison = evaluation.compare_methods(
+                    volume,
+                    factor,
+                    mode=interpolator.spec.mode,
+                    interpolator=interpolator,
+                    regressor=regressor,
+                    sampling=sampling,
+                )
             except ValueError as err:
                 print(f"{volume_id} x{factor}: skipped ({err})")
                 continue
@@ -138,16 +171,28 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{volume_id}: done ({time.perf_counter() - start:.0f} s so far)", flush=True)
     results, recon, consistency = pd.DataFrame(rows), pd.DataFrame(recon_rows), pd.DataFrame(dc_rows)
     report = {
-        "benchmark": "slice_interp_quality: linear / cubic / regressor / latent diffusion on held-out real CT",
+        "benchmark": "slice_interp_quality: linear / cubic / regressor / latent diffusion "
+        "on held-out real CT",
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": provenance.machine_info(PACKAGES),
-        "runs": {"diffusion": args.diffusion_run, "vae": interpolator.meta["vae_run_id"],
-                 "preprocess": preprocess_id, "regressor": args.regressor_run or None,
-                 "diffusion_params": runs.read_run(args.diffusion_run).parameter_set,
-                 "regressor_params": runs.read_run(args.regressor_run).parameter_set if args.regressor_run else None},
-        "model": {"prediction": interpolator.spec.prediction, "schedule": interpolator.spec.schedule,
-                  "factor": interpolator.spec.factor, "mode": interpolator.spec.mode, "weights": interpolator.meta["weights"]},
+        "runs": {
+            "diffusion": args.diffusion_run,
+            "vae": interpolator.meta["vae_run_id"],
+            "preprocess": preprocess_id,
+            "regressor": args.regressor_run or None,
+            "diffusion_params": runs.read_run(args.diffusion_run).parameter_set,
+            "regressor_params": (
+                runs.read_run(args.regressor_run).parameter_set if args.regressor_run else None
+            ),
+        },
+        "model": {
+            "prediction": interpolator.spec.prediction,
+            "schedule": interpolator.spec.schedule,
+            "factor": interpolator.spec.factor,
+            "mode": interpolator.spec.mode,
+            "weights": interpolator.meta["weights"],
+        },
         "sampling": dataclasses.asdict(sampling),
         "volumes": [v for v, _ in volumes],
         "seconds": round(time.perf_counter() - start, 1),
@@ -159,7 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
     for factor_key, methods in report["means_by_cohort"]["all"].items():
         print(factor_key, {m: round(v["psnr_full_db"], 2) for m, v in methods.items()})
     print("diffusion vs classic:", report["diffusion_vs_classic"])
-    print("VAE reconstruction:", report["vae_reconstruction"], "| DC residual:", report["data_consistency_residual_hu"])
+    print(
+        "VAE reconstruction:",
+        report["vae_reconstruction"],
+        "| DC residual:",
+        report["data_consistency_residual_hu"],
+    )
     print(f"wrote {args.out}")
     return report
 

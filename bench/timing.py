@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def interleaved_times(runners: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
+def interleaved_times(
+    runners: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """One warm-up call each (its results are returned), then ``repeats`` timed rounds in seconds."""
     warm = {who: run() for who, run in runners.items()}  # imports, page cache, allocator, kernels
     times: dict[str, list[float]] = {who: [] for who in runners}

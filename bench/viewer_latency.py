@@ -93,7 +93,9 @@ class MatplotlibCase:
     crosshair lines; a move updates the data and lines, then draws the figure (Agg)."""
 
     def __init__(self, volumes: dict, labels: np.ndarray, names: dict, show_labels: bool) -> None:
-        state = viewer.build_state(volumes, labels=labels, label_names=names, window="lung", overlay_on="truth")
+        state = viewer.build_state(
+            volumes, labels=labels, label_names=names, window="lung", overlay_on="truth"
+        )
         self.state, self.show_labels = state, show_labels
         lut = state.labels.lut_rgba[:, :3] / 255.0
         self.cmap = ListedColormap(lut[1:])
@@ -228,27 +230,36 @@ def main(argv: list[str] | None = None) -> dict:
             r["pass"] = r["median_ms"] < GOAL_MS
     report = {
         "benchmark": "viewer_latency: redraw after an axial slider move (render + encode + widget value), "
-                     "vs matplotlib imshow set_data + canvas.draw (Agg)",
+        "vs matplotlib imshow set_data + canvas.draw (Agg)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": f"$CTLIB_DATA_DIR/{CHEST}/cxr.nii.gz + mask.nii.gz (512 x 512 x 133)",
         "goal_median_ms_max": GOAL_MS,
-        "moves": args.moves, "rounds": args.rounds,
-        "machine": {**info, "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "moves": args.moves,
+        "rounds": args.rounds,
+        "machine": {
+            **info,
+            "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
         "cases": results,
         "all_viewer_pass": all(r["pass"] for n, r in results.items() if n.startswith("viewer")),
         "notes": "one move = one axial slider step (click / window variants: see the case names); "
-                 "matplotlib anchor updates only the axial images and the crosshair lines, then draws; "
-                 "ratio = viewer median / matplotlib median for the same volumes and overlay "
-                 "(3vol labels off is compared with matplotlib 3vol labels on)",
+        "matplotlib anchor updates only the axial images and the crosshair lines, then draws; "
+        "ratio = viewer median / matplotlib median for the same volumes and overlay "
+        "(3vol labels off is compared with matplotlib 3vol labels on)",
     }
     atomic.write_json(args.out, report)
-    print(f"{'case':38s} {'median ms':>10s} {'p95 ms':>8s} {'KiB/frame':>10s} {'vs mpl':>7s}  goal < {GOAL_MS:g} ms")
+    print(
+        f"{'case':38s} {'median ms':>10s} {'p95 ms':>8s} {'KiB/frame':>10s} {'vs mpl':>7s}  goal < "
+        f"{GOAL_MS:g} ms"
+    )
     for name, r in results.items():
         ratio = f"{r['ratio_to_matplotlib_median']:.2f}x" if "ratio_to_matplotlib_median" in r else ""
         kib = f"{r['bytes_per_frame_all_panes'] / 1024:.0f}" if r["bytes_per_frame_all_panes"] else "-"
         verdict = "anchor" if "pass" not in r else "pass" if r["pass"] else "FAIL"
         print(f"{name:38s} {r['median_ms']:10.1f} {r['p95_ms']:8.1f} {kib:>10s} {ratio:>7s}  {verdict}")
-    print(f"load average start {info['load_average_at_start']}, end {report['machine']['load_average_at_end']}")
+    print(
+        f"load average start {info['load_average_at_start']}, end {report['machine']['load_average_at_end']}"
+    )
     print(f"wrote {args.out}")
     return report
 

@@ -24,10 +24,16 @@ def test_merge_keeps_other_runs_and_replaces_re_evaluated_ones():
         "per_patient": [{"train_run_id": "a", "patient": "pt_1"}, {"train_run_id": "b", "patient": "pt_1"},
                         {"train_run_id": "b", "patient": "pt_2"}],
     }
-    new_variants = [{"variant": "dvh", "train_run_id": "b", "dose_score_gy": 8.0, "evaluated_utc": "later"},
-                    {"variant": "diffusion", "train_run_id": "c", "dose_score_gy": 12.0, "evaluated_utc": "later"}]
+    new_variants = [
+        {"variant": "dvh", "train_run_id": "b", "dose_score_gy": 8.0, "evaluated_utc": "later"},
+        {"variant": "diffusion", "train_run_id": "c", "dose_score_gy": 12.0, "evaluated_utc": "later"},
+    ]
     new_rows = [{"train_run_id": "b", "patient": "pt_1"}, {"train_run_id": "c", "patient": "pt_1"}]
     variants, rows = bench.merged(old, new_variants, new_rows)
-    assert [(v["train_run_id"], v["dose_score_gy"]) for v in variants] == [("a", 9.0), ("b", 8.0), ("c", 12.0)]
+    assert [(v["train_run_id"], v["dose_score_gy"]) for v in variants] == [
+        ("a", 9.0),
+        ("b", 8.0),
+        ("c", 12.0),
+    ]
     assert variants[0]["evaluated_utc"] == old["date"] and variants[0]["evaluation_device"] == "cpu"
     assert [(r["train_run_id"], r["patient"]) for r in rows] == [("a", "pt_1"), ("b", "pt_1"), ("c", "pt_1")]

@@ -29,7 +29,9 @@ def test_mask_holds_lungs_and_excludes_outside_air_and_table(chest):
 def test_accepts_plain_array_and_head(chest):
     volume, _, _ = chest
     np.testing.assert_array_equal(body_mask.body_mask(volume.array), body_mask.body_mask(volume))
-    head, labels, _ = phantom.ct_phantom_with_labels(shape=(16, 64, 64), spacing_mm=(5.0, 2.25, 2.25), kind="head")
+    head, labels, _ = phantom.ct_phantom_with_labels(
+        shape=(16, 64, 64), spacing_mm=(5.0, 2.25, 2.25), kind="head"
+    )
     mask = body_mask.body_mask(head)
     assert mask[labels == phantom.BRAIN].all() and not mask[labels == phantom.AIR].any()
 

@@ -72,8 +72,11 @@ def test_run_and_index(tmp_path, monkeypatch, capsys):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("alpha = 1  # an int\nlabel = 'a'  # a string")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# t"), params,
-                nbformat.v4.new_code_cell("from ctlib import runs\nruns.save_metrics({'twice': alpha * 2.0})")]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# t"),
+        params,
+        nbformat.v4.new_code_cell("from ctlib import runs\nruns.save_metrics({'twice': alpha * 2.0})"),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     notebook = tmp_path / "2026-01-01_tiny.ipynb"
     nbformat.write(nb, notebook)

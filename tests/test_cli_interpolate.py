@@ -44,8 +44,25 @@ def test_writes_nifti_with_the_thin_geometry_and_a_std_map(tmp_path, capsys):
     thick = _thick_volume()
     nifti.write_nifti(thick, tmp_path / "thick.nii.gz")
     out, std = tmp_path / "thin.nii.gz", tmp_path / "std.nii"
-    assert cli.main(["interpolate", str(tmp_path / "thick.nii.gz"), str(out), "--run", run_id, "--factor", "4",
-                     "--samples", "2", "--std", str(std), *FAST]) == 0
+    assert (
+        cli.main(
+            [
+                "interpolate",
+                str(tmp_path / "thick.nii.gz"),
+                str(out),
+                "--run",
+                run_id,
+                "--factor",
+                "4",
+                "--samples",
+                "2",
+                "--std",
+                str(std),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["shape"] == [20, 24, 32] and summary["residual_after_hu"] < 1.0
     thin = reader.read_volume(out)
@@ -66,7 +83,9 @@ def test_writes_a_dicom_series_in_the_input_study(tmp_path, capsys):
     capsys.readouterr()
     thin = reader.read_volume(out)
     assert thin.shape == (16, 24, 32) and thin.spacing == pytest.approx((1.5, 1.5, 1.5))
-    np.testing.assert_allclose(thin.slice_positions()[0], thick.slice_positions()[0] - [0, 0, 2.25], atol=1e-3)
+    np.testing.assert_allclose(
+        thin.slice_positions()[0], thick.slice_positions()[0] - [0, 0, 2.25], atol=1e-3
+    )
     first_in = pydicom.dcmread(next((tmp_path / "thick").iterdir()), stop_before_pixels=True)
     first_out = pydicom.dcmread(sorted(out.iterdir())[0], stop_before_pixels=True)
     assert float(first_out.SliceThickness) == pytest.approx(1.5)
@@ -101,7 +120,15 @@ def test_refuses_unusable_input_with_one_line(tmp_path, capsys):
 def test_mismatched_factor_runs_with_force_and_refuses_to_overwrite(tmp_path, capsys):
     run_id = make_diffusion_run(factor=4)
     nifti.write_nifti(_thick_volume(n_thick=3), tmp_path / "thick.nii.gz")
-    args = [str(tmp_path / "thick.nii.gz"), str(tmp_path / "thin.nii"), "--run", run_id, "--factor", "3", *FAST]
+    args = [
+        str(tmp_path / "thick.nii.gz"),
+        str(tmp_path / "thin.nii"),
+        "--run",
+        run_id,
+        "--factor",
+        "3",
+        *FAST,
+    ]
     assert cli.main(["interpolate", *args, "--force-factor"]) == 0
     assert json.loads(capsys.readouterr().out)["shape"][0] == 9
     _refused(capsys, [*args, "--force-factor"], "exists; pass --overwrite")

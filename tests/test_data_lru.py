@@ -42,6 +42,7 @@ def test_size_is_at_least_one():
     store.get("a")
     store.get("a")
     assert store.size == 1 and store.loads == 1 and len(store) == 1
+    assert lru.LoadingLRU(str.upper).size == 4  # the default
 
 
 def test_concurrent_gets_keep_the_bound():

@@ -1,4 +1,5 @@
-"""Datasets over a fake preprocessing run: splits, slice and pair-patch samples, slabs, linear baseline, LRU."""
+"""Datasets over a fake preprocessing run: splits, slice and pair-patch samples, slabs,
+linear baseline, LRU."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def run_dir(tmp_path_factory):
         file = cache.save_volume(volume, root / "cache" / "volumes" / f"{patient}.npz")
         rows.append({"volume_id": patient, "patient_id": patient, "status": "cached",
                      "cache_file": file.relative_to(root / "cache").as_posix(), "split": split})
-    rows.append({"volume_id": "broken", "patient_id": "p9", "status": "refused", "cache_file": "", "split": ""})
+    rows.append(
+        {"volume_id": "broken", "patient_id": "p9", "status": "refused", "cache_file": "", "split": ""}
+    )
     splits.save_manifest(root / "cache" / "manifest.csv", rows)
     return root
 
@@ -51,7 +54,15 @@ def test_load_split_by_folder_and_by_run_id(run_dir):
 
 
 def test_missing_cache_file_is_reported(tmp_path, run_dir):
-    rows = [{"volume_id": "x", "patient_id": "x", "status": "cached", "cache_file": "volumes/x.npz", "split": "train"}]
+    rows = [
+        {
+            "volume_id": "x",
+            "patient_id": "x",
+            "status": "cached",
+            "cache_file": "volumes/x.npz",
+            "split": "train",
+        }
+    ]
     splits.save_manifest(tmp_path / "cache" / "manifest.csv", rows)
     with pytest.raises(CTInputError, match="missing"):
         datasets.load_split(tmp_path, "train")
@@ -79,7 +90,12 @@ def test_slice_dataset_patches_and_padding(run_dir):
     assert patch.shape == (1, 16, 16)
     torch.testing.assert_close(patch, data.sample(5, np.random.default_rng(0)))
     full = datasets.SliceDataset(volumes, window="lung")[5][0].numpy()
-    hits = [(y, x) for y in range(17) for x in range(25) if np.array_equal(full[y : y + 16, x : x + 16], patch[0].numpy())]
+    hits = [
+        (y, x)
+        for y in range(17)
+        for x in range(25)
+        if np.array_equal(full[y : y + 16, x : x + 16], patch[0].numpy())
+    ]
     assert len(hits) == 1
     padded = datasets.SliceDataset(volumes, patch_size=(48, 40))[0]
     assert padded.shape == (1, 48, 40) and torch.all(padded[0, :8] == -1) and torch.all(padded[0, -8:] == -1)
@@ -121,12 +137,16 @@ def test_pair_patches_slab_and_grids(run_dir, factor, depth):
         z0 = item["z0"]
         expected = windows.normalize(linear[z0 : z0 + depth], WIDE)
         torch.testing.assert_close(item["linear"][0], torch.from_numpy(expected), atol=1e-6, rtol=0)
-        torch.testing.assert_close(thin, torch.from_numpy(windows.normalize(pair.thin.array[z0 : z0 + depth], WIDE)))
+        torch.testing.assert_close(
+            thin, torch.from_numpy(windows.normalize(pair.thin.array[z0 : z0 + depth], WIDE))
+        )
 
 
 def test_pair_patches_crop_decimate_and_batches(run_dir):
     volumes = datasets.load_split(run_dir, "train")
-    data = datasets.PairPatchDataset(volumes, factor=2, depth=6, patch_size=(16, 24), mode="decimate", window="full")
+    data = datasets.PairPatchDataset(
+        volumes, factor=2, depth=6, patch_size=(16, 24), mode="decimate", window="full"
+    )
     item = data.sample(3, np.random.default_rng(1))
     assert item["thin"].shape == (1, 6, 16, 24) and item["linear"].shape == (1, 6, 16, 24)
     assert torch.equal(item["thick"][0], item["thin"][0, ::2])
@@ -155,7 +175,9 @@ def test_pair_patches_with_gaps_or_overlapping_slabs(run_dir, slab):
     # simulate_thick, not thick_thin_pair: the pair's `observed` mask overflows for odd slab > factor
     thick = thick_slices.simulate_thick(volume, 2, slab=slab)
     n_blocks = min(thick.shape[0], volume.shape[0] // 2)
-    linear = thick_slices.upsample_z(thick.with_array(thick.array[:n_blocks]), 2, "linear", n_thin=2 * n_blocks).array
+    linear = thick_slices.upsample_z(
+        thick.with_array(thick.array[:n_blocks]), 2, "linear", n_thin=2 * n_blocks
+    ).array
     assert len(data) == n_blocks - 1
     for index in range(len(data)):
         item, z0 = data[index], 2 * index
@@ -169,10 +191,13 @@ def test_regressor_trains_on_pair_patches(run_dir, tmp_path):
     from ctlib.models import regressor
     from ctlib.train import loop
 
-    data = datasets.PairPatchDataset(datasets.load_split(run_dir, "train")[2:], factor=2, depth=16, patch_size=32)
+    data = datasets.PairPatchDataset(
+        datasets.load_split(run_dir, "train")[2:], factor=2, depth=16, patch_size=32
+    )
     torch.manual_seed(0)
     model = regressor.build_regressor(regressor.RegressorConfig(features=(4, 4, 4, 4, 4, 4)))
     config = loop.TrainConfig(steps=2, batch_size=1, lr=1e-3, log_every=1, device="cpu")
     history = loop.train(model, regressor.regressor_loss, loop.batch_stream(data, config), config,
                          checkpoint_path=tmp_path / "reg.pt", normalization=data.normalization)
-    assert history[0]["l1"] == pytest.approx(history[0]["linear_l1"], rel=1e-5)  # starts as linear interpolation
+    # starts as linear interpolation
+    assert history[0]["l1"] == pytest.approx(history[0]["linear_l1"], rel=1e-5)

@@ -14,8 +14,15 @@ EVALUATE_METRICS = {
 }
 
 
-def fake_step(stem: str, *, status: str = "completed", params: dict | None = None, metrics: dict | None = None,
-              upstream: dict | None = None, figures: tuple[str, ...] = ()) -> str:
+def fake_step(
+    stem: str,
+    *,
+    status: str = "completed",
+    params: dict | None = None,
+    metrics: dict | None = None,
+    upstream: dict | None = None,
+    figures: tuple[str, ...] = (),
+) -> str:
     """A run folder as the chain leaves it: run.json, params.json, metrics.json, upstream.json, figures."""
     run_id = f"20261202-10000{len(list(paths.runs_dir().iterdir()))}_{stem.split('_', 2)[-1]}_abcd"
     run_dir = paths.runs_dir() / run_id
@@ -40,8 +47,12 @@ def demo_runs() -> list[str]:
     vae = fake_step("2026-11-23_02_vae", upstream={"2026-11-23_01_preprocess": pre})
     diffusion = fake_step("2026-11-23_03_diffusion", upstream={"2026-11-23_02_vae": vae})
     regressor = fake_step("2026-11-23_05_regressor", upstream={"2026-11-23_01_preprocess": pre})
-    evaluate = fake_step("2026-11-23_04_evaluate", metrics=EVALUATE_METRICS, figures=("psnr_by_factor", "example_volume"),
-                         upstream={"2026-11-23_03_diffusion": diffusion, "2026-11-23_05_regressor": regressor})
+    evaluate = fake_step(
+        "2026-11-23_04_evaluate",
+        metrics=EVALUATE_METRICS,
+        figures=("psnr_by_factor", "example_volume"),
+        upstream={"2026-11-23_03_diffusion": diffusion, "2026-11-23_05_regressor": regressor},
+    )
     return [pre, vae, diffusion, evaluate, regressor]
 
 
@@ -61,11 +72,17 @@ def test_summary_tells_what_ran_on_which_data_the_numbers_and_what_to_open():
     assert ("  diffusion 26.6 dB   linear 31.4 dB   cubic 31.8 dB   regressor 31.5 dB   "
             "(diffusion without data consistency 18.4 dB)") in lines
     assert "Diffusion is 5.2 dB below the best baseline (cubic)." in text
-    assert "about a minute on CPU, so the numbers are a wiring check, not a result." in text and "README.md, 'Benchmarks'" in text
+    assert (
+        "about a minute on CPU, so the numbers are a wiring check, not a result." in text
+        and "README.md, 'Benchmarks'" in text
+    )
     figures = next(line for line in lines if "figures of 04_evaluate:" in line)
     assert figures.endswith(f"{evaluate}/figures/ (example_volume.png, psnr_by_factor.png)")
     assert "figures of 01_preprocess:" in text and "figures of 02_vae" not in text
-    assert "EXPERIMENTS_INDEX.md" in text and f"JupyterLab:  {demo.LAB_COMMAND} (or .venv/bin/jupyter lab" in text
+    assert (
+        "EXPERIMENTS_INDEX.md" in text
+        and f"JupyterLab:  {demo.LAB_COMMAND} (or .venv/bin/jupyter lab" in text
+    )
     assert "failed" not in text
 
 
@@ -74,7 +91,10 @@ def test_summary_of_a_failed_chain_says_where_to_look():
     failed = fake_step("2026-11-23_02_vae", status="failed", upstream={"2026-11-23_01_preprocess": pre})
     text = demo.summary(demo.collect([failed]))
     assert f"{pre}  (upstream of 02_vae)" in text and "Data: /data/ct (preprocessing run" in text
-    assert "02_vae failed: ValueError: broken (notebook cell In [3]); its executed notebook shows where: " in text
+    assert (
+        "02_vae failed: ValueError: broken (notebook cell In [3]); its executed notebook shows where: "
+        in text
+    )
     assert text.count(f"{failed}/2026-11-23_02_vae.ipynb") == 1
     assert "Headline: none, the evaluation step (04_evaluate) did not save its metrics." in text
     assert "Data: not recorded" in demo.summary(demo.collect([failed])[:1])

@@ -1,4 +1,5 @@
-"""DICOM-RT import: RTSTRUCT -> masks and RTDOSE -> dose on the CT grid, on RT sets written here with pydicom."""
+"""DICOM-RT import: RTSTRUCT -> masks and RTDOSE -> dose on the CT grid,
+on RT sets written here with pydicom."""
 
 from __future__ import annotations
 
@@ -74,8 +75,11 @@ def write_rtstruct(path, ct: Volume, masks: dict[str, np.ndarray], frame_uid: st
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_rtdose(path, dose_gy: np.ndarray, position, spacing_mm, frame_uid: str, *, absolute: bool = False) -> None:
-    """``dose_gy (frames, rows, cols)`` on an axial grid at ``position`` (LPS mm) with ``(dz, dy, dx)`` spacing."""
+def write_rtdose(
+    path, dose_gy: np.ndarray, position, spacing_mm, frame_uid: str, *, absolute: bool = False
+) -> None:
+    """``dose_gy (frames, rows, cols)`` on an axial grid at ``position``
+    (LPS mm) with ``(dz, dy, dx)`` spacing."""
     ds = _dataset("RTDOSE", RTDOSE_STORAGE, frame_uid)
     frames, rows, cols = dose_gy.shape
     dz, dy, dx = spacing_mm
@@ -147,7 +151,9 @@ def test_rtdose_trilinear_is_exact_for_a_linear_field(synthetic, absolute):
     position, spacing = np.array([-17.3, -12.1, 31.0]), (3.0, 2.7, 2.2)
     frames, rows, cols = 4, 10, 12
     f, r, c = np.meshgrid(np.arange(frames), np.arange(rows), np.arange(cols), indexing="ij")
-    grid_lps = np.stack([position[0] + c * spacing[2], position[1] + r * spacing[1], position[2] + f * spacing[0]], -1)
+    grid_lps = np.stack(
+        [position[0] + c * spacing[2], position[1] + r * spacing[1], position[2] + f * spacing[0]], -1
+    )
     write_rtdose(folder / "rd.dcm", _linear_dose(grid_lps), position, spacing, frame, absolute=absolute)
     dose = dicom_rt.read_rtdose(folder / "rd.dcm", ct, frame_of_reference_uid=frame)
     assert dose.shape == ct.shape and dose.dtype == np.float32
@@ -163,7 +169,9 @@ def test_rtdose_trilinear_is_exact_for_a_linear_field(synthetic, absolute):
 def test_read_rt_patient_feeds_the_dose_features(synthetic):
     folder, ct, frame, _ = synthetic
     write_rtdose(folder / "rd.dcm", np.full((6, 20, 24), 30.0), ct.origin, ct.spacing, frame)
-    patient = dicom_rt_import.read_rt_patient(folder / "ct", folder / "rs.dcm", folder / "rd.dcm", "rt_1", "test")
+    patient = dicom_rt_import.read_rt_patient(
+        folder / "ct", folder / "rs.dcm", folder / "rd.dcm", "rt_1", "test"
+    )
     assert sorted(patient.structures) == ["LeftParotid", "PTV70", "SpinalCord"]
     assert patient.ct.meta["unmatched_roi_names"] == ["BODY"]
     np.testing.assert_allclose(patient.dose_gy, 30.0, atol=1e-4)
@@ -182,7 +190,11 @@ def test_read_rt_patient_feeds_the_dose_features(synthetic):
         ("rd.dcm", {"FrameOfReferenceUID": "1.2.3"}, "Frame of Reference UID 1.2.3 is not the CT's"),
         ("rd.dcm", {"DoseGridScaling": None}, "DoseGridScaling is missing"),
         ("rd.dcm", {"DoseUnits": "RELATIVE"}, "DoseUnits is 'RELATIVE'"),
-        ("rd.dcm", {"GridFrameOffsetVector": ["0", "5", "2.5", "7.5", "10", "12.5"]}, "not strictly monotonic"),
+        (
+            "rd.dcm",
+            {"GridFrameOffsetVector": ["0", "5", "2.5", "7.5", "10", "12.5"]},
+            "not strictly monotonic",
+        ),
         ("rd.dcm", {"PixelSpacing": None}, "PixelSpacing is missing"),
     ],
 )
@@ -237,7 +249,9 @@ def test_openkbp_patient_round_trip_through_dicom_rt(data_root, tmp_path):
     start = np.array(ct.origin) + np.array([4 * dx, 3 * dy, 2 * dz])
     write_rtdose(tmp_path / "rd.dcm", dose[2:, 3:, 4:], start, ct.spacing, frame)
 
-    patient = dicom_rt_import.read_rt_patient(tmp_path / "ct", tmp_path / "rs.dcm", tmp_path / "rd.dcm", "pt_201")
+    patient = dicom_rt_import.read_rt_patient(
+        tmp_path / "ct", tmp_path / "rs.dcm", tmp_path / "rd.dcm", "pt_201"
+    )
     np.testing.assert_allclose(patient.ct.array, np.rint(ct.array), atol=0.5)
     assert set(patient.structures) == set(masks) and len(masks) >= 4
     for name, mask in masks.items():
@@ -252,7 +266,9 @@ def test_openkbp_patient_round_trip_through_dicom_rt(data_root, tmp_path):
     # reference; its error against the full-resolution dose is the price of the coarse grid.
     write_rtdose(tmp_path / "rd2.dcm", dose[:, ::2, ::2], ct.origin, (dz, 2 * dy, 2 * dx), frame)
     coarse = dicom_rt.read_rtdose(tmp_path / "rd2.dcm", patient.ct)
-    k, j, i = np.meshgrid(*[np.arange(n) / s for n, s in zip(ct.shape, (1, 2, 2), strict=True)], indexing="ij")
+    k, j, i = np.meshgrid(
+        *[np.arange(n) / s for n, s in zip(ct.shape, (1, 2, 2), strict=True)], indexing="ij"
+    )
     reference = ndimage.map_coordinates(dose[:, ::2, ::2], [k, j, i], order=1, mode="nearest")
     np.testing.assert_allclose(coarse, reference, atol=1e-3)
     assert 0.5 < np.abs(coarse - dose)[body].mean() < 4.0  # measured 2.47 Gy on pt_201

@@ -57,7 +57,8 @@ def test_min_snr_weights_equal_closed_forms():
 
 @pytest.mark.parametrize("kind", ["epsilon", "v", "x0"])
 def test_min_snr_weighted_losses_all_equal_min_snr_times_x0_error(kind):
-    """Hang et al. 2023: each weight turns its parameterization's squared error into min(SNR, g) ||x0 - x0_hat||^2."""
+    """Hang et al. 2023: each weight turns its parameterization's squared error
+    into min(SNR, g) ||x0 - x0_hat||^2."""
     s = schedules.make_schedule("cosine")
     gen = torch.Generator().manual_seed(0)
     t = torch.tensor([0, 3, 50, 400, 800, 990])

@@ -19,7 +19,8 @@ MU, SIGMA = 0.3, 0.5  # the analytic data distribution: x0 ~ N(MU, SIGMA^2) per 
 
 
 def gaussian_denoiser(schedule: NoiseSchedule, kind: str = "epsilon"):
-    """The exact denoiser of Gaussian data: E[eps | x_t] = s (x_t - a MU) / (a^2 SIGMA^2 + s^2), in ``kind``."""
+    """The exact denoiser of Gaussian data: E[eps | x_t] = s (x_t - a MU) / (a^2 SIGMA^2 + s^2),
+    in ``kind``."""
 
     def model(x, timesteps):
         ab = schedules.extract(schedule.alphas_cumprod, timesteps, x.ndim).to(x.dtype)

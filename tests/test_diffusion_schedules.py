@@ -74,7 +74,8 @@ def test_schedules_match_monai(kind, monai_name, monai_args, betas_atol, ab_rtol
 
 
 def test_monai_scaled_linear_defaults_are_not_ldm():
-    """A pitfall worth a test: MONAI's scaled_linear_beta defaults to (1e-4, 2e-2), not LDM's (0.00085, 0.012)."""
+    """A pitfall worth a test: MONAI's scaled_linear_beta defaults to (1e-4, 2e-2), not LDM's
+    (0.00085, 0.012)."""
     from monai.networks.schedulers import DDPMScheduler
 
     ref = DDPMScheduler(num_train_timesteps=T, schedule="scaled_linear_beta")

@@ -30,13 +30,24 @@ def synthetic_patient(shape=(8, 16, 16), seed: int = 0, patient_id: str = "pt_1"
     oar = (abs(zz - cz) < 2) & (yy >= h // 2 + 2) & (abs(xx - w // 2) < 3) & pdm
     masks = np.stack([oar, ptv])
     sdf = np.where(masks, -5.0, 20.0).astype(np.float32)
-    dose = (70.0 * np.exp(-(((zz - cz) / 3.0) ** 2 + ((yy - cy) / 4.0) ** 2 + ((xx - cx) / 4.0) ** 2) / 4) * pdm).astype(np.float32)
+    dose = (
+        70.0 * np.exp(-(((zz - cz) / 3.0) ** 2 + ((yy - cy) / 4.0) ** 2 + ((xx - cx) / 4.0) ** 2) / 4) * pdm
+    ).astype(np.float32)
     return DosePatient(
-        ct_hu=rng.normal(0, 300, shape).astype(np.float32), dose_gy=dose, possible_dose_mask=pdm,
-        masks=masks, present=np.array([True, True]), sdf_mm=sdf,
+        ct_hu=rng.normal(0, 300, shape).astype(np.float32),
+        dose_gy=dose,
+        possible_dose_mask=pdm,
+        masks=masks,
+        present=np.array([True, True]),
+        sdf_mm=sdf,
         constraints=np.array([70.0, 54.0, 1.0, 1.0], dtype=np.float32),
-        constraint_names=np.array(["PTV70_prescription_gy", "Brainstem_Dmax_gy", "Brainstem_present", "PTV70_present"]),
-        spacing_mm=np.array([2.5, 4.0, 4.0]), roi_names=ROIS, patient_id=patient_id, split="train",
+        constraint_names=np.array(
+            ["PTV70_prescription_gy", "Brainstem_Dmax_gy", "Brainstem_present", "PTV70_present"]
+        ),
+        spacing_mm=np.array([2.5, 4.0, 4.0]),
+        roi_names=ROIS,
+        patient_id=patient_id,
+        split="train",
     )
 
 
@@ -61,13 +72,16 @@ def test_patch_equals_crop_of_whole_volume_inputs():
         crop = (slice(None), slice(z, z + 4), slice(y, y + 8), slice(x, x + 8))
         torch.testing.assert_close(s["inputs"], whole["inputs"][0][crop])
         torch.testing.assert_close(s["dose"], whole["dose"][0][crop])
-        assert torch.equal(s["masks"], whole["masks"][0][crop]) and torch.equal(s["pdm"], whole["pdm"][0][crop])
+        assert torch.equal(s["masks"], whole["masks"][0][crop])
+        assert torch.equal(s["pdm"], whole["pdm"][0][crop])
         assert s["pdm"].dtype == torch.bool and s["constraints"].shape == (4,)
 
 
 def test_draws_are_seeded_by_position():
     p = synthetic_patient()
-    ds = datasets.DosePatchDataset([p, synthetic_patient(seed=1)], patch_size=(4, 8, 8), patches_per_patient=4)
+    ds = datasets.DosePatchDataset(
+        [p, synthetic_patient(seed=1)], patch_size=(4, 8, 8), patches_per_patient=4
+    )
     a = ds.sample(5, np.random.default_rng([0, 0, 7]))
     b = ds.sample(5, np.random.default_rng([0, 0, 7]))
     assert torch.equal(a["corner"], b["corner"]) and a["patient_index"] == 1
@@ -79,7 +93,9 @@ def test_draws_are_seeded_by_position():
 def test_ptv_probability_biases_patches_to_the_target():
     p = synthetic_patient(shape=(16, 32, 32))
     def ptv_share(probability: float) -> float:
-        ds = datasets.DosePatchDataset([p], patch_size=(4, 8, 8), ptv_probability=probability, patches_per_patient=1)
+        ds = datasets.DosePatchDataset(
+            [p], patch_size=(4, 8, 8), ptv_probability=probability, patches_per_patient=1
+        )
         return float(np.mean([ds.sample(0, np.random.default_rng(k))["masks"][1].any() for k in range(40)]))
     assert ptv_share(1.0) == 1.0
     assert ptv_share(0.0) < 0.5
@@ -111,8 +127,14 @@ def test_reads_files_through_the_lru(tmp_path):
 def test_training_with_dose_loss_resumes_exactly(tmp_path):
     patients = [synthetic_patient(seed=i) for i in range(2)]
     ds = datasets.DosePatchDataset(patients, patch_size=(4, 8, 8), patches_per_patient=2)
-    config = dose_unet.DoseUNetConfig(in_channels=4, constraint_dim=4, channels=(4, 8), num_res_units=1, film_hidden=8,
-                                      constraint_scales=datasets.constraint_scales(patients[0].constraint_names, 80.0))
+    config = dose_unet.DoseUNetConfig(
+        in_channels=4,
+        constraint_dim=4,
+        channels=(4, 8),
+        num_res_units=1,
+        film_hidden=8,
+        constraint_scales=datasets.constraint_scales(patients[0].constraint_names, 80.0),
+    )
 
     def run(steps: int, path, resume: bool = True) -> list[dict]:
         torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""Conditional dose diffusion: scaling, conditioning channels, loss, deterministic DDIM sampling, sliding windows."""
+"""Conditional dose diffusion: scaling, conditioning channels, loss, deterministic DDIM sampling,
+sliding windows."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ def _model(constraint_channels: bool = True, prediction: str = "v") -> diffusion
     spec = diffusion.DoseDiffusionSpec(prediction=prediction, num_train_timesteps=50,
                                        constraint_channels=constraint_channels)
     config = latent_unet.LatentUNetConfig(
-        channels=(8, 16), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8,
-        latent_channels=1, cond_channels=diffusion.condition_channels(C, K, spec),
+        channels=(8, 16),
+        attention_levels=(False, False),
+        num_res_blocks=1,
+        num_head_channels=8,
+        norm_num_groups=8,
+        latent_channels=1,
+        cond_channels=diffusion.condition_channels(C, K, spec),
     )
     torch.manual_seed(0)
     unet = latent_unet.build_latent_unet(config)
@@ -29,8 +35,11 @@ def _model(constraint_channels: bool = True, prediction: str = "v") -> diffusion
 
 def _batch(depth: int = 4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return {"inputs": torch.randn(2, C, depth, 8, 8, generator=g), "constraints": torch.tensor([[70.0, 1.0], [56.0, 0.0]]),
-            "dose": torch.rand(2, 1, depth, 8, 8, generator=g) * 70}
+    return {
+        "inputs": torch.randn(2, C, depth, 8, 8, generator=g),
+        "constraints": torch.tensor([[70.0, 1.0], [56.0, 0.0]]),
+        "dose": torch.rand(2, 1, depth, 8, 8, generator=g) * 70,
+    }
 
 
 def test_dose_scaling_round_trip():
@@ -45,7 +54,9 @@ def test_condition_appends_scaled_constraint_planes():
     cond = model.condition(batch["inputs"], batch["constraints"])
     assert cond.shape == (2, C + K, 4, 8, 8)
     torch.testing.assert_close(cond[:, :C], batch["inputs"])
-    assert cond[0, C].unique().tolist() == pytest.approx([70 / 80]) and float(cond[1, C + 1].abs().max()) == 0.0
+    assert (
+        cond[0, C].unique().tolist() == pytest.approx([70 / 80]) and float(cond[1, C + 1].abs().max()) == 0.0
+    )
     assert _model(constraint_channels=False).condition(batch["inputs"], batch["constraints"]).shape[1] == C
 
 
@@ -60,9 +71,13 @@ def test_loss_is_finite_and_trains_the_unet(prediction):
 
 
 def test_ddim_sampling_shapes_and_determinism():
-    model, batch = _model(), _batch(depth=3)  # depth 3 is padded to the U-Net's multiple of 2 and cropped back
-    sample = lambda seed, eta=0.0: model.sampler(num_steps=4, eta=eta, generator=torch.Generator().manual_seed(seed))(  # noqa: E731
-        batch["inputs"], batch["constraints"])
+    # depth 3 is padded to the U-Net's multiple of 2 and cropped back
+    model, batch = _model(), _batch(depth=3)
+
+    def sample(seed: int, eta: float = 0.0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return model.sampler(num_steps=4, eta=eta, generator=generator)(batch["inputs"], batch["constraints"])
+
     a, b = sample(0), sample(0)
     assert a.shape == (2, 1, 3, 8, 8) and float(a.min()) >= 0.0 and float(a.max()) <= 80.0
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -77,7 +92,9 @@ def test_sampler_plugs_into_sliding_window_inference():
     pdm[..., :2] = False
     out = inference.predict_dose(model.sampler(num_steps=2, generator=torch.Generator().manual_seed(0)),
                                  batch["inputs"], batch["constraints"], pdm, roi_size=(4, 8, 8), overlap=0.5)
-    assert out.shape == (2, 1, 8, 8, 8) and float(out[~pdm].abs().max()) == 0.0 and float(out[pdm].max()) > 0.0
+    assert (
+        out.shape == (2, 1, 8, 8, 8) and float(out[~pdm].abs().max()) == 0.0 and float(out[pdm].max()) > 0.0
+    )
 
 
 def test_spec_round_trip_and_checks():

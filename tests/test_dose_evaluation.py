@@ -1,5 +1,5 @@
-"""Dose evaluation: oracle and scaled predictions against closed forms, a tiny trained-model checkpoint end to end,
-per-patient seeding of the diffusion sampler, constraint agreement and the anchors table."""
+"""Dose evaluation: oracle and scaled predictions against closed forms, a tiny trained-model checkpoint end to
+end, per-patient seeding of the diffusion sampler, constraint agreement and the anchors table."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ NAMES = ["PTV70_prescription_gy", "Brainstem_Dmax_gy", "Brainstem_present", "PTV
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One torch thread: the tiny convolutions and gamma loops only wait on each other with more on a busy CPU."""
+    """One torch thread: the tiny convolutions and gamma loops only wait on each other
+    with more on a busy CPU."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -51,7 +52,8 @@ def test_oracle_scores_perfectly_and_agrees_on_every_constraint():
     p = synthetic_patient()
     result = evaluation.evaluate_patient(_scaled(1.0), p)
     assert result.row["dose_score_gy"] == 0.0 and result.row["dvh_score_gy"] == 0.0
-    assert result.row["gamma_pass_percent"] == 100.0 and result.row["dvh_pairs"] == 2 + 3  # Brainstem 2, PTV70 3
+    # Brainstem 2, PTV70 3
+    assert result.row["gamma_pass_percent"] == 100.0 and result.row["dvh_pairs"] == 2 + 3
     checked = result.constraints.dropna(subset=["planned_pass"])
     assert set(checked["structure"]) == {"Brainstem", "PTV70"} and checked["agree"].all()
     missing = result.constraints[result.constraints["structure"] == "SpinalCord"]
@@ -88,8 +90,14 @@ def _run_dir(tmp_path, kind: str = "unet"):
     else:
         spec = diffusion.DoseDiffusionSpec(num_train_timesteps=50)
         config = latent_unet.LatentUNetConfig(
-            channels=(8, 8), attention_levels=(False, False), num_res_blocks=1, num_head_channels=8, norm_num_groups=8,
-            latent_channels=1, cond_channels=diffusion.condition_channels(4, 4, spec))
+            channels=(8, 8),
+            attention_levels=(False, False),
+            num_res_blocks=1,
+            num_head_channels=8,
+            norm_num_groups=8,
+            latent_channels=1,
+            cond_channels=diffusion.condition_channels(4, 4, spec),
+        )
         model_config = model_io.diffusion_model_config(config, spec, scales, roi_names)
     module = model_io.build_module(model_config)
     normalization = {**windows.normalization_record("full"), "sdf_clip_mm": 50.0, "include_pdm": True}
@@ -116,7 +124,9 @@ def test_unet_checkpoint_end_to_end(tmp_path):
     assert bundle.variant == "mae" and bundle.model_kind == "unet" and bundle.preprocess_run_id == "pre"
     assert bundle.window_options["roi_size"] == [4, 8, 8] and bundle.window_options["blend"] == "constant"
     seen = []
-    result = evaluation.evaluate_patients(bundle, _patient_files(tmp_path), keep=["pt_2"], progress=seen.append)
+    result = evaluation.evaluate_patients(
+        bundle, _patient_files(tmp_path), keep=["pt_2"], progress=seen.append
+    )
     assert list(result.scores["patient"]) == ["pt_1", "pt_2"] == [r["patient"] for r in seen]
     assert set(result.predictions) == set(result.gamma_maps) == {"pt_2"}
     pred, patient = result.predictions["pt_2"], synthetic_patient(seed=1)
@@ -130,7 +140,9 @@ def test_unet_checkpoint_end_to_end(tmp_path):
     assert summary.loc["mae", "dose_score_gy"] == pytest.approx(result.scores["dose_score_gy"].mean())
     table = evaluation.with_anchors(summary)
     assert list(table.index) == ["mae", "OpenKBP challenge winner", "plain 3D U-Net"]
-    assert table.loc["OpenKBP challenge winner", "dose_score_gy"] == 2.43 and table.loc["mae", "patients"] == 2
+    assert (
+        table.loc["OpenKBP challenge winner", "dose_score_gy"] == 2.43 and table.loc["mae", "patients"] == 2
+    )
     constraints = evaluation.constraint_summary(result.constraints)
     assert (constraints["patients"] == 2).all() and constraints["agree_percent"].between(0, 100).all()
 
@@ -167,7 +179,12 @@ def test_constraint_agreement_per_variant():
     tables = [evaluation.evaluate_patient(_scaled(f), p, with_gamma=False).constraints.assign(variant=name)
               for f, name in ((1.0, "oracle"), (boost, "boosted"))]
     table = evaluation.constraint_agreement(pd.concat(tables, ignore_index=True))
-    assert list(table.columns) == ["patients", "planned_pass_percent", "agree % (oracle)", "agree % (boosted)"]
+    assert list(table.columns) == [
+        "patients",
+        "planned_pass_percent",
+        "agree % (oracle)",
+        "agree % (boosted)",
+    ]
     assert (table["agree % (oracle)"] == 100.0).all() and (table["patients"] == 1).all()
     ptv = table.xs("PTV70", level="structure")
     assert ptv["planned_pass_percent"].item() == 0.0 and ptv["agree % (boosted)"].item() == 0.0

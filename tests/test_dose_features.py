@@ -1,4 +1,5 @@
-"""Dose features: SDF against brute force, the constraint vector, OpenKBP -> DosePatient and its bad-input rules."""
+"""Dose features: SDF against brute force, the constraint vector,
+OpenKBP -> DosePatient and its bad-input rules."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ SPACING = (2.5, 3.0, 1.5)
 
 
 def _brute_force_sdf(mask: np.ndarray, spacing) -> np.ndarray:
-    coords = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(mask.shape, spacing, strict=True)], indexing="ij"), -1)
+    coords = np.stack(
+        np.meshgrid(*[np.arange(n) * s for n, s in zip(mask.shape, spacing, strict=True)], indexing="ij"), -1
+    )
     inside, outside = coords[mask], coords[~mask]
     flat = coords.reshape(-1, 3)
     d_in = np.linalg.norm(flat[:, None] - inside[None], axis=-1).min(1).reshape(mask.shape)
@@ -62,10 +65,16 @@ def test_constraint_vector_names_and_values():
     vector = dict(zip(names, features.constraint_vector(present).tolist(), strict=True))
     assert vector["PTV70_prescription_gy"] == 70 and vector["PTV56_prescription_gy"] == 56
     assert vector["PTV63_prescription_gy"] == 0 and vector["SpinalCord_Dmax_gy"] == 0
-    assert vector["Brainstem_Dmax_gy"] == 54 and vector["Brainstem_present"] == 1 and vector["Larynx_present"] == 0
+    assert (
+        vector["Brainstem_Dmax_gy"] == 54
+        and vector["Brainstem_present"] == 1
+        and vector["Larynx_present"] == 0
+    )
     sources = features.constraint_sources()
     assert list(sources) == names and all(sources.values())
-    assert "RTOG 0615" in sources["SpinalCord_Dmax_gy"] and "70 / 63 / 56 Gy" in sources["PTV63_prescription_gy"]
+    assert (
+        "RTOG 0615" in sources["SpinalCord_Dmax_gy"] and "70 / 63 / 56 Gy" in sources["PTV63_prescription_gy"]
+    )
 
 
 def _patient(shape=(6, 8, 10)) -> OpenKBPPatient:

@@ -1,4 +1,5 @@
-"""Sliding-window dose prediction: per-patient constraints, exact blending of pointwise models, pdm zeroing."""
+"""Sliding-window dose prediction: per-patient constraints, exact blending of pointwise models,
+pdm zeroing."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def test_pointwise_model_is_reproduced_exactly(blend):
     g = torch.Generator().manual_seed(0)
     inputs = torch.randn(2, 3, 10, 13, 9, generator=g)
     constraints = torch.tensor([[2.0, 0.0], [5.0, 1.0]])
-    out = inference.predict_dose(_pointwise, inputs, constraints, roi_size=(4, 8, 8), overlap=0.5, blend=blend)
+    out = inference.predict_dose(
+        _pointwise, inputs, constraints, roi_size=(4, 8, 8), overlap=0.5, blend=blend
+    )
     torch.testing.assert_close(out, _pointwise(inputs, constraints))
 
 
@@ -31,7 +34,9 @@ def test_output_is_zero_outside_pdm_and_nonnegative():
     inputs = torch.randn(1, 3, 8, 8, 8)
     pdm = torch.zeros(1, 1, 8, 8, 8, dtype=torch.bool)
     pdm[..., 2:6, 2:6, 2:6] = True
-    out = inference.predict_dose(lambda x, c: x[:, :1] - 0.5, inputs, torch.zeros(1, 1), pdm, roi_size=(4, 4, 4))
+    out = inference.predict_dose(
+        lambda x, c: x[:, :1] - 0.5, inputs, torch.zeros(1, 1), pdm, roi_size=(4, 4, 4)
+    )
     assert float(out[~pdm].abs().max()) == 0.0 and float(out.min()) >= 0.0
     torch.testing.assert_close(out[pdm], (inputs[:, :1][pdm] - 0.5).clamp_min(0))
 

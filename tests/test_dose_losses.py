@@ -1,4 +1,5 @@
-"""Dose losses: zero for a perfect prediction, closed forms on tiny arrays, the asymmetric PTV penalty, DoseLoss."""
+"""Dose losses: zero for a perfect prediction, closed forms on tiny arrays,
+the asymmetric PTV penalty, DoseLoss."""
 
 from __future__ import annotations
 
@@ -78,8 +79,10 @@ def test_dvh_mse_closed_form():
     assert float(value) == pytest.approx(20 / 81, abs=1e-4)
     # Absent structures do not dilute the mean.
     with_absent = torch.cat([masks, torch.zeros_like(masks)], dim=1)
-    assert float(losses.dvh_mse(pred, true, with_absent, bins=81, max_gy=80.0, temperature_gy=1e-3)) == pytest.approx(
-        20 / 81, abs=1e-4)
+    assert (
+        float(losses.dvh_mse(pred, true, with_absent, bins=81, max_gy=80.0, temperature_gy=1e-3))
+        == pytest.approx(20 / 81, abs=1e-4)
+    )
 
 
 def test_structure_weighted_closed_form():
@@ -99,8 +102,12 @@ def test_underdose_costs_more_than_overdose():
     case = _case()
     ptv = case["masks"][:, 1:].any(dim=1, keepdim=True)
     delta = 3.0 * ptv.float()
-    under, _ = losses.ptv_underdose_loss(case["true"] - delta, case["true"], case["pdm"], case["masks"], roi_names=ROIS)
-    over, _ = losses.ptv_underdose_loss(case["true"] + delta, case["true"], case["pdm"], case["masks"], roi_names=ROIS)
+    under, _ = losses.ptv_underdose_loss(
+        case["true"] - delta, case["true"], case["pdm"], case["masks"], roi_names=ROIS
+    )
+    over, _ = losses.ptv_underdose_loss(
+        case["true"] + delta, case["true"], case["pdm"], case["masks"], roi_names=ROIS
+    )
     assert float(under) > float(over) > 0
     # Everything in a PTV and in the pdm: under = delta * (1 + w), over = delta.
     ones = torch.ones(1, 1, 2, 2, 2, dtype=torch.bool)
@@ -119,7 +126,9 @@ def test_underdose_against_prescription():
     pdm = torch.ones(1, 1, 1, 1, 2, dtype=torch.bool)
     true = torch.tensor([50.0, 68.0]).reshape(1, 1, 1, 1, 2)
     pred = torch.tensor([57.0, 65.0]).reshape(1, 1, 1, 1, 2)
-    _, terms = losses.ptv_underdose_loss(pred, true, pdm, masks, roi_names=ROIS, underdose_reference="prescription")
+    _, terms = losses.ptv_underdose_loss(
+        pred, true, pdm, masks, roi_names=ROIS, underdose_reference="prescription"
+    )
     assert float(terms["ptv_underdose_gy"]) == pytest.approx((0.0 + 5.0) / 2)  # only PTV70 is below its 70 Gy
     _, terms = losses.ptv_underdose_loss(pred, true, pdm, masks, roi_names=ROIS, underdose_reference="true")
     assert float(terms["ptv_underdose_gy"]) == pytest.approx((0.0 + 3.0) / 2)
@@ -156,7 +165,10 @@ def test_dose_loss_module_forward_and_options():
     assert module.model.bias.grad is not None
     with pytest.raises(TypeError, match="gradient_weight"):
         losses.DoseLoss(_Echo(), "mae", roi_names=ROIS, gradient_weight=1.0)
-    assert losses.select_options("mae_gradient", {"gradient_weight": 2.0, "dvh_weight": 1.0}) == {"gradient_weight": 2.0}
+    assert (
+        losses.select_options("mae_gradient", {"gradient_weight": 2.0, "dvh_weight": 1.0})
+        == {"gradient_weight": 2.0}
+    )
 
 
 def test_dose_loss_is_float32_under_bf16_autocast():

@@ -21,14 +21,26 @@ def _train(model_config, tmp_path, ema: bool = False):
     module = model_io.build_module(model_config)
     tracker = EMA(module, decay=0.5) if ema else None
     config = loop.TrainConfig(steps=2, batch_size=2, lr=1e-2, log_every=1)
-    loop.train(module, loop.forward_loss, loop.batch_stream(ds, config), config, checkpoint_path=tmp_path / "m.pt",
-               normalization=ds.normalization, model_config=model_config, ema=tracker)
+    loop.train(
+        module,
+        loop.forward_loss,
+        loop.batch_stream(ds, config),
+        config,
+        checkpoint_path=tmp_path / "m.pt",
+        normalization=ds.normalization,
+        model_config=model_config,
+        ema=tracker,
+    )
     return module, tracker, patient
 
 
 def test_unet_round_trip(tmp_path):
-    net = dose_unet.DoseUNetConfig(in_channels=4, constraint_dim=4, channels=(4, 8), num_res_units=1, film_hidden=8)
-    config = model_io.unet_model_config(net, "ptv_underdose", {"underdose_weight": 3.0, "dvh_weight": 1.0}, ROIS)
+    net = dose_unet.DoseUNetConfig(
+        in_channels=4, constraint_dim=4, channels=(4, 8), num_res_units=1, film_hidden=8
+    )
+    config = model_io.unet_model_config(
+        net, "ptv_underdose", {"underdose_weight": 3.0, "dvh_weight": 1.0}, ROIS
+    )
     assert config["loss_options"] == {"underdose_weight": 3.0}  # options of other losses are dropped
     module, _, patient = _train(config, tmp_path)
     run = run_kind.DoseRun.load(tmp_path / "m.pt")

@@ -72,7 +72,12 @@ def test_save_refuses_inconsistent_patient(tmp_path):
     [
         (lambda a: a.pop("sdf_mm"), "missing keys"),
         (lambda a: a.__setitem__("dose_gy", a["dose_gy"][:2]), "dose_gy has shape"),
-        (lambda a: a.__setitem__("dose_gy", np.where(a["possible_dose_mask"], np.nan, 0).astype(np.float32)), "NaN"),
+        (
+            lambda a: a.__setitem__(
+                "dose_gy", np.where(a["possible_dose_mask"], np.nan, 0).astype(np.float32)
+            ),
+            "NaN",
+        ),
         (lambda a: a.__setitem__("dose_gy", np.ones_like(a["dose_gy"])), "outside possible_dose_mask"),
         (lambda a: a.__setitem__("masks", a["masks"].astype(np.uint8)), "masks must be bool"),
         (lambda a: a.__setitem__("present", np.array([False, False])), "flagged absent"),
@@ -99,7 +104,9 @@ def test_load_refuses_missing_and_unreadable(tmp_path):
 
 def test_list_dose_patients_natural_order(tmp_path):
     for pid in ("pt_10", "pt_2", "pt_1"):
-        patient_file.save_dose_patient(patient_file.patient_path(tmp_path, "test", pid), _patient(pid, "test"))
+        patient_file.save_dose_patient(
+            patient_file.patient_path(tmp_path, "test", pid), _patient(pid, "test")
+        )
     assert [p.stem for p in patient_file.list_dose_patients(tmp_path, "test")] == ["pt_1", "pt_2", "pt_10"]
     assert patient_file.list_dose_patients(tmp_path, "train") == []
     with pytest.raises(ValueError, match="split must be one of"):

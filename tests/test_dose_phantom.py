@@ -1,4 +1,5 @@
-"""Synthetic dose case (ctlib.studies.dose.phantom): determinism, prescription, body, OAR sparing, penumbra."""
+"""Synthetic dose case (ctlib.studies.dose.phantom): determinism, prescription, body,
+OAR sparing, penumbra."""
 
 from __future__ import annotations
 

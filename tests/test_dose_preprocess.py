@@ -1,4 +1,5 @@
-"""Dose preprocessing: phantom patients, files + manifest, refusals recorded and not fatal, real OpenKBP files."""
+"""Dose preprocessing: phantom patients, files + manifest, refusals recorded and not fatal,
+real OpenKBP files."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def test_phantom_patients_are_deterministic_split_and_varied(phantoms):
     centre_x = [np.argwhere(p.structures["PTV70"])[:, 2].mean() for p in phantoms[:2]]
     assert centre_x[0] < 16 < centre_x[1]
     assert not np.array_equal(phantoms[0].dose_gy, phantoms[2].dose_gy)
-    assert all(np.all(p.dose_gy[~p.possible_dose_mask] == 0) and p.possible_dose_mask.mean() > 0.1 for p in phantoms)
+    assert all(
+        np.all(p.dose_gy[~p.possible_dose_mask] == 0) and p.possible_dose_mask.mean() > 0.1 for p in phantoms
+    )
     assert preprocess.phantom_patients(5, seed=4, **SMALL)[0].split is not None
     with pytest.raises(ValueError, match="at least 1"):
         preprocess.phantom_patients(0)
@@ -40,10 +43,16 @@ def test_phantom_patients_are_deterministic_split_and_varied(phantoms):
 
 def test_preprocess_writes_files_and_records_refusals(phantoms, tmp_path):
     broken = dataclasses.replace(phantoms[1], patient_id="broken", dose_gy=phantoms[1].dose_gy[:, :, :-1])
-    nan = dataclasses.replace(phantoms[2], patient_id="nan_dose", dose_gy=np.where(phantoms[2].structures["PTV70"],
-                                                                              np.nan, phantoms[2].dose_gy))
-    empty = dataclasses.replace(phantoms[3], patient_id="empty_larynx",
-                                structures={**phantoms[3].structures, "Larynx": np.zeros(SMALL["shape"], bool)})
+    nan = dataclasses.replace(
+        phantoms[2],
+        patient_id="nan_dose",
+        dose_gy=np.where(phantoms[2].structures["PTV70"], np.nan, phantoms[2].dose_gy),
+    )
+    empty = dataclasses.replace(
+        phantoms[3],
+        patient_id="empty_larynx",
+        structures={**phantoms[3].structures, "Larynx": np.zeros(SMALL["shape"], bool)},
+    )
     sources = [phantoms[0], broken, nan, empty, tmp_path / "missing" / "pt_9.npz"]
     manifest = preprocess.preprocess_patients(sources, tmp_path, sdf_clip_mm=20.0)
     assert manifest["id"].tolist() == ["phantom_000", "broken", "nan_dose", "empty_larynx", "pt_9"]
@@ -91,7 +100,9 @@ def test_select_patients(phantoms):
     order = [phantoms.index(p) for p in picked]
     assert order == sorted(order)  # input order is kept
     assert [p for p in picked if p.split == "train"] == [p for p in phantoms if p.split == "train"][:2]
-    assert preprocess.select_patients(phantoms, ["validation"]) == [p for p in phantoms if p.split == "validation"]
+    assert preprocess.select_patients(phantoms, ["validation"]) == [
+        p for p in phantoms if p.split == "validation"
+    ]
     assert len(preprocess.select_patients(phantoms)) == 5
 
 
@@ -105,7 +116,8 @@ def test_real_openkbp_patients(data_root, tmp_path):
     paths = preprocess.openkbp_paths(data_root, ["validation", "test"], max_per_split=1)
     assert [p.stem for p in paths] == ["pt_201", "pt_242"]
     manifest = preprocess.preprocess_patients(paths, tmp_path)
-    assert manifest["status"].tolist() == ["ok", "ok"] and manifest["split"].tolist() == ["validation", "test"]
+    assert manifest["status"].tolist() == ["ok", "ok"]
+    assert manifest["split"].tolist() == ["validation", "test"]
     loaded = patient_file.load_dose_patient(tmp_path / manifest.loc[1, "path"])
     assert loaded.shape == (128, 128, 128) and loaded.present.any()
     assert set(manifest.loc[1, "present"].split(";")) == {n for n, p in zip(ROI_NAMES, loaded.present,

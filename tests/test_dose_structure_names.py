@@ -56,7 +56,8 @@ def test_map_roi_names_keeps_matches_and_refuses_duplicates():
 
 def test_mapping_file_checks(tmp_path):
     good = structure_names.load_mapping()
-    assert good.organs["oesophagus"] == "Esophagus" and good.paired["parotid"] == ("LeftParotid", "RightParotid")
+    assert good.organs["oesophagus"] == "Esophagus"
+    assert good.paired["parotid"] == ("LeftParotid", "RightParotid")
     text = (tmp_path / "ok.yaml")
     base = """
 laterality: {left: [l], right: [r]}

@@ -25,8 +25,15 @@ def interpolator() -> bundle.Interpolator:
 
     torch.manual_seed(0)
     spec = latent_diffusion.InterpDiffusionSpec(factor=4, num_train_timesteps=T)
-    return bundle.Interpolator(vae_module.build_vae(TINY_VAE), latent_unet.build_latent_unet(TINY_UNET), spec, 0.8,
-                               windows.FULL, 2, "cpu")
+    return bundle.Interpolator(
+        vae_module.build_vae(TINY_VAE),
+        latent_unet.build_latent_unet(TINY_UNET),
+        spec,
+        0.8,
+        windows.FULL,
+        2,
+        "cpu",
+    )
 
 
 def _pair(seed: int = 0) -> thick_slices.ThickThinPair:
@@ -67,13 +74,19 @@ def test_uncertainty_error_correlation_against_closed_forms():
     error = rng.normal(size=(4, 5, 6)).astype(np.float32)
     mask = np.ones(error.shape, dtype=bool)
     assert ablation.uncertainty_error_correlation(np.abs(error), error, mask) == pytest.approx(1.0)
-    assert ablation.uncertainty_error_correlation(10.0 - 2.0 * np.abs(error), -error, mask) == pytest.approx(-1.0)
+    assert (
+        ablation.uncertainty_error_correlation(10.0 - 2.0 * np.abs(error), -error, mask)
+        == pytest.approx(-1.0)
+    )
     other = rng.normal(size=error.shape)
     expected = np.corrcoef(other[mask], np.abs(error[mask]))[0, 1]
     assert ablation.uncertainty_error_correlation(other, error, mask) == pytest.approx(expected)
     assert np.isnan(ablation.uncertainty_error_correlation(np.ones_like(error), error, mask))
     mask[:, :2] = False  # only the masked voxels count
-    assert ablation.uncertainty_error_correlation(np.where(mask, np.abs(error), 0.0), error, mask) == pytest.approx(1.0)
+    assert (
+        ablation.uncertainty_error_correlation(np.where(mask, np.abs(error), 0.0), error, mask)
+        == pytest.approx(1.0)
+    )
 
 
 def test_error_by_uncertainty_bins_a_calibrated_map():
@@ -109,11 +122,22 @@ def test_run_ablation_scores_every_setting_and_keeps_what_is_asked(interpolator)
     (key, result), = out.kept.items()
     assert key == ("phantom_0", ablation.Setting("ddpm", T, 1.0, 2)) and result.std is not None
     # a row equals a direct call of the pipeline with the same seed (deterministic DDIM)
-    direct = pipeline.interpolate_volume(pairs["phantom_0"].thick, interpolator, sampler="ddim", steps=2, eta=0.0,
-                                         samples=1, window_depth=16, seed=1, progress=False)
+    direct = pipeline.interpolate_volume(
+        pairs["phantom_0"].thick,
+        interpolator,
+        sampler="ddim",
+        steps=2,
+        eta=0.0,
+        samples=1,
+        window_depth=16,
+        seed=1,
+        progress=False,
+    )
     row = table[(table["sampler"] == "ddim") & (table["steps"] == 2) & (table["eta"] == 0.0)
                 & (table["samples"] == 1)].iloc[0]
-    assert row["psnr_full_db"] == pytest.approx(interpolation.evaluate(direct.mean, pairs["phantom_0"])["psnr_full_db"])
+    assert row["psnr_full_db"] == pytest.approx(
+        interpolation.evaluate(direct.mean, pairs["phantom_0"])["psnr_full_db"]
+    )
 
 
 def test_summarize_averages_over_volumes_in_grid_order():
@@ -122,7 +146,13 @@ def test_summarize_averages_over_volumes_in_grid_order():
     for v, volume_id in enumerate(["a", "b"]):
         for i, setting in enumerate(settings):
             metrics = {c: float(10 * i + v) for c in ablation.METRIC_COLUMNS}
-            rows.append({"volume_id": volume_id, **dict(zip(ablation.SETTING_COLUMNS, setting, strict=True)), **metrics})
+            rows.append(
+                {
+                    "volume_id": volume_id,
+                    **dict(zip(ablation.SETTING_COLUMNS, setting, strict=True)),
+                    **metrics,
+                }
+            )
     summary = ablation.summarize(pd.DataFrame(rows))
     assert [tuple(r) for r in summary[ablation.SETTING_COLUMNS].itertuples(index=False)] == settings
     assert (summary["volumes"] == 2).all()

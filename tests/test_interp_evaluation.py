@@ -1,4 +1,5 @@
-"""All interpolators on one simulated pair: which methods run at which factor, and what is scored (tiny models, CPU)."""
+"""All interpolators on one simulated pair: which methods run at which factor, and what is scored
+(tiny models, CPU)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,20 @@ def regressor_x4():
 
 @pytest.fixture(scope="module")
 def comparison_x4(volume, regressor_x4):
-    return evaluation.compare_methods(volume, 4, interpolator=tiny_interpolator(factor=4), regressor=regressor_x4,
-                                      sampling=SAMPLING)
+    return evaluation.compare_methods(
+        volume, 4, interpolator=tiny_interpolator(factor=4), regressor=regressor_x4, sampling=SAMPLING
+    )
 
 
 def test_learned_methods_run_only_at_their_trained_factor(volume, regressor_x4, comparison_x4):
     at_4 = comparison_x4
-    at_2 = evaluation.compare_methods(volume, 2, interpolator=tiny_interpolator(factor=4), regressor=regressor_x4,
-                                      sampling=SAMPLING)
+    at_2 = evaluation.compare_methods(
+        volume, 2, interpolator=tiny_interpolator(factor=4), regressor=regressor_x4, sampling=SAMPLING
+    )
     assert list(at_4.estimates) == list(evaluation.METHODS)
-    assert list(at_2.estimates) == ["linear", "cubic"] and at_2.diffusion is None and at_2.consistency() is None
+    assert (
+        list(at_2.estimates) == ["linear", "cubic"] and at_2.diffusion is None and at_2.consistency() is None
+    )
     for estimate in at_4.estimates.values():
         array = getattr(estimate, "array", estimate)
         assert array.shape == at_4.pair.thin.shape

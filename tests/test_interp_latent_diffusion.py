@@ -43,11 +43,17 @@ def test_denoiser_crops_back_to_any_depth_and_drives_a_sampler():
     torch.manual_seed(0)
     unet = latent_unet.build_latent_unet(TINY_UNET).eval()
     spec = latent_diffusion.InterpDiffusionSpec(prediction="epsilon")
-    module = latent_diffusion.LatentDiffusionLoss(unet, vae_module.build_vae(TINY_VAE), scale_factor=0.5, spec=spec,
-                                                  depth_multiple=latent_unet.required_depth_multiple(TINY_UNET))
+    module = latent_diffusion.LatentDiffusionLoss(
+        unet,
+        vae_module.build_vae(TINY_VAE),
+        scale_factor=0.5,
+        spec=spec,
+        depth_multiple=latent_unet.required_depth_multiple(TINY_UNET),
+    )
     cond = torch.randn(1, 4, 5, 2, 2)
     denoiser = module.denoiser(cond)
     assert denoiser.prediction == "epsilon" and denoiser.depth_multiple == 2  # the spec's, not a default
-    assert denoiser(torch.randn(1, 4, 5, 2, 2), torch.tensor([3])).shape == (1, 4, 5, 2, 2)  # depth 5 -> 6 -> 5
+    # depth 5 -> 6 -> 5
+    assert denoiser(torch.randn(1, 4, 5, 2, 2), torch.tensor([3])).shape == (1, 4, 5, 2, 2)
     x = samplers.ddim(denoiser, (1, 4, 5, 2, 2), num_steps=3, generator=torch.Generator().manual_seed(1))
     assert x.shape == (1, 4, 5, 2, 2) and torch.isfinite(x).all()

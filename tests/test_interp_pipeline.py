@@ -30,11 +30,15 @@ def fake_run(run_id: str, stem: str) -> object:
     """A completed run folder under $CTLIB_RUNS_DIR (what ``runs.run_dir_of`` needs)."""
     run_dir = paths.runs_dir() / run_id
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "status": "completed", "notebook_stem": stem}))
+    (run_dir / "run.json").write_text(
+        json.dumps({"run_id": run_id, "status": "completed", "notebook_stem": stem})
+    )
     return run_dir
 
 
-def make_diffusion_run(factor: int = 4, *, seed: int = 0, ema: bool = True, run_id: str = "diffusion_run") -> str:
+def make_diffusion_run(
+    factor: int = 4, *, seed: int = 0, ema: bool = True, run_id: str = "diffusion_run"
+) -> str:
     """A VAE run and a diffusion run holding tiny random models, following the checkpoint contract."""
     torch.manual_seed(seed)
     record = windows.normalization_record(windows.FULL)
@@ -44,8 +48,9 @@ def make_diffusion_run(factor: int = 4, *, seed: int = 0, ema: bool = True, run_
                                   config={"model": TINY_VAE.to_dict()}, normalization=record,
                                   extra={"scale_factor": 0.8}, rng_state=False)
     spec = latent_diffusion.InterpDiffusionSpec(factor=factor)
-    module = latent_diffusion.LatentDiffusionLoss(latent_unet.build_latent_unet(TINY_UNET), vae, scale_factor=0.8,
-                                                  spec=spec, depth_multiple=2)
+    module = latent_diffusion.LatentDiffusionLoss(
+        latent_unet.build_latent_unet(TINY_UNET), vae, scale_factor=0.8, spec=spec, depth_multiple=2
+    )
     averaged = EMA(module, decay=0.5)
     with torch.no_grad():  # one "training step" so the EMA and the raw weights differ
         for p in module.parameters():
@@ -62,8 +67,15 @@ def make_diffusion_run(factor: int = 4, *, seed: int = 0, ema: bool = True, run_
 
 def tiny_interpolator(factor: int = 4, seed: int = 0) -> bundle.Interpolator:
     torch.manual_seed(seed)
-    return bundle.Interpolator(vae_module.build_vae(TINY_VAE), latent_unet.build_latent_unet(TINY_UNET),
-                               latent_diffusion.InterpDiffusionSpec(factor=factor), 0.8, windows.FULL, 2, "cpu")
+    return bundle.Interpolator(
+        vae_module.build_vae(TINY_VAE),
+        latent_unet.build_latent_unet(TINY_UNET),
+        latent_diffusion.InterpDiffusionSpec(factor=factor),
+        0.8,
+        windows.FULL,
+        2,
+        "cpu",
+    )
 
 
 class LocalDenoiser(nn.Module):
@@ -100,8 +112,9 @@ def test_load_interpolator_from_a_run_applies_the_ema():
     assert torch.equal(ema.unet.state_dict()[key], ckpt["ema_state"]["shadow"][name])
     assert torch.equal(raw.unet.state_dict()[key], ckpt["model_state"][name])
     assert not torch.equal(ema.unet.state_dict()[key], raw.unet.state_dict()[key])
-    by_path = bundle.load_interpolator(ema.meta["diffusion_checkpoint"], vae_checkpoint=ema.meta["vae_checkpoint"],
-                                       device="cpu")
+    by_path = bundle.load_interpolator(
+        ema.meta["diffusion_checkpoint"], vae_checkpoint=ema.meta["vae_checkpoint"], device="cpu"
+    )
     assert torch.equal(by_path.unet.state_dict()[key], ema.unet.state_dict()[key])
 
 
@@ -118,7 +131,9 @@ def test_load_interpolator_refuses_missing_and_corrupt_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------------ windows, blending
-@pytest.mark.parametrize("n, window, overlap", [(10, 16, 4), (40, 16, 4), (41, 16, 0), (100, 24, 6), (17, 16, 15)])
+@pytest.mark.parametrize(
+    "n, window, overlap", [(10, 16, 4), (40, 16, 4), (41, 16, 0), (100, 24, 6), (17, 16, 15)]
+)
 def test_windows_cover_the_grid_and_weights_sum_to_one(n, window, overlap):
     spans = pipeline.window_spans(n, window, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == n
@@ -206,7 +221,9 @@ def test_data_consistency_reproduces_the_thick_slices(mode):
     free = pipeline.interpolate_volume(pair.thick, interp, data_consistency=False, **FAST)
     assert kept.settings["consistency"] == mode
     assert kept.residual_before_hu > 10 and kept.residual_after_hu < 1.0
-    assert free.residual_after_hu == free.residual_before_hu == pytest.approx(kept.residual_before_hu, rel=1e-4)
+    assert (
+        free.residual_after_hu == free.residual_before_hu == pytest.approx(kept.residual_before_hu, rel=1e-4)
+    )
     np.testing.assert_allclose(kept.raw.array, free.mean.array, atol=1e-3)
     if mode == "decimate":
         np.testing.assert_allclose(kept.mean.array[pair.observed], pair.thick.array, atol=1e-2)

@@ -1,4 +1,5 @@
-"""The regression baseline at inference: loading a regressor run and interpolating whole volumes (tiny model, CPU)."""
+"""The regression baseline at inference: loading a regressor run and interpolating whole volumes
+(tiny model, CPU)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def test_untrained_regressor_reproduces_linear_interpolation(tmp_path, pair):
 
 def test_ema_weights_are_loaded_when_present(tmp_path, pair):
     torch.manual_seed(0)
-    model = regressor.build_regressor(regressor.RegressorConfig(**{**TINY.to_dict(), "zero_init_output": False}))
+    model = regressor.build_regressor(
+        regressor.RegressorConfig(**{**TINY.to_dict(), "zero_init_output": False})
+    )
     averaged = EMA(model, decay=0.5)
     with torch.no_grad():
         for p in model.parameters():

@@ -1,4 +1,5 @@
-"""OpenKBP dose scores, DVH metrics, DVH curves and the constraint table against closed forms on tiny arrays."""
+"""OpenKBP dose scores, DVH metrics, DVH curves and the constraint table
+against closed forms on tiny arrays."""
 
 from __future__ import annotations
 
@@ -34,7 +35,13 @@ def test_uniform_dose_gives_the_value_for_every_metric():
     mask = np.zeros(dose.shape, bool)
     mask[1:3, 1:4, 1:5] = True
     metrics = dose_scores.dvh_metrics(dose, {"PTV63": mask, "Brainstem": mask}, SPACING)
-    for key in [("PTV63", "D_99"), ("PTV63", "D_95"), ("PTV63", "D_1"), ("Brainstem", "D_0.1_cc"), ("Brainstem", "mean")]:
+    for key in [
+        ("PTV63", "D_99"),
+        ("PTV63", "D_95"),
+        ("PTV63", "D_1"),
+        ("Brainstem", "D_0.1_cc"),
+        ("Brainstem", "mean"),
+    ]:
         assert metrics.values[key] == pytest.approx(61.5)
     assert metrics.skipped["SpinalCord"] == "missing"
     assert "PTV70" in metrics.skipped
@@ -99,7 +106,9 @@ def test_bad_input_raises_naming_the_array():
 
 def test_dvh_curves_cumulative_on_a_ramp():
     dose, mask = _ramp_mask(10)  # 0..9 Gy
-    curves = dose_scores.dvh_curves(dose, {"Larynx": mask, "Esophagus": np.zeros_like(mask)}, bin_width_gy=1.0)
+    curves = dose_scores.dvh_curves(
+        dose, {"Larynx": mask, "Esophagus": np.zeros_like(mask)}, bin_width_gy=1.0
+    )
     np.testing.assert_allclose(curves.dose_gy, np.arange(10.0))
     np.testing.assert_allclose(curves.volume_percent["Larynx"], 100.0 - 10.0 * np.arange(10))
     assert curves.skipped == {"Esophagus": "empty mask"}
@@ -126,14 +135,19 @@ def test_constraint_table_checks_limits_and_reports_missing_structures():
     with pytest.raises(ValueError, match="unknown metric"):
         dose_scores.constraint_table(dose, {}, SPACING, [dose_scores.Constraint("Larynx", "Dmedian", 1.0)])
     with pytest.raises(ValueError, match="sense"):
-        dose_scores.constraint_table(dose, {}, SPACING, [dose_scores.Constraint("Larynx", "mean", 1.0, "below")])
+        dose_scores.constraint_table(
+            dose, {}, SPACING, [dose_scores.Constraint("Larynx", "mean", 1.0, "below")]
+        )
 
 
 def test_head_neck_constraints_from_limit_tables():
     limits = {"Brainstem": ("Dmax", 54.0, "RTOG"), "LeftParotid": ("Dmean", 26.0, "QUANTEC")}
     constraints = dose_scores.head_neck_constraints(limits, {"PTV70": 70.0})
     assert [(c.structure, c.metric, c.limit, c.sense) for c in constraints] == [
-        ("Brainstem", "D_0.1_cc", 54.0, "max"), ("LeftParotid", "mean", 26.0, "max"), ("PTV70", "D_95", 70.0, "min")]
+        ("Brainstem", "D_0.1_cc", 54.0, "max"),
+        ("LeftParotid", "mean", 26.0, "max"),
+        ("PTV70", "D_95", 70.0, "min"),
+    ]
     with pytest.raises(ValueError, match="metric must be one of"):
         dose_scores.head_neck_constraints({"Larynx": ("V50", 30.0, "")}, {})
 

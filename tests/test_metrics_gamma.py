@@ -14,7 +14,8 @@ CRITERIA = {"dose_percent": 3.0, "distance_mm": 3.0, "cutoff_percent": 10.0, "ma
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Many small tensor ops: on a shared 2-core machine, one thread avoids OpenMP waiting on descheduled threads."""
+    """Many small tensor ops: on a shared 2-core machine,
+    one thread avoids OpenMP waiting on descheduled threads."""
     import numba
 
     threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
@@ -29,17 +30,26 @@ def _blob(shape, spacing_mm, sigma_mm=(8.0, 10.0, 12.0), peak_gy=60.0) -> np.nda
     """A smooth Gaussian dose centred in the grid."""
     axes = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing_mm, strict=True)]
     grids = np.meshgrid(*axes, indexing="ij")
-    return (peak_gy * np.exp(-sum(g**2 / (2 * s**2) for g, s in zip(grids, sigma_mm, strict=False)))).astype(np.float32)
+    return (peak_gy * np.exp(-sum(g**2 / (2 * s**2) for g, s in zip(grids, sigma_mm, strict=False)))).astype(
+        np.float32
+    )
 
 
 def _pymedphys(reference, evaluated, spacing_mm, **criteria) -> np.ndarray:
     import pymedphys
 
     axes = tuple(np.arange(n) * s for n, s in zip(reference.shape, spacing_mm, strict=True))
-    return pymedphys.gamma(axes, reference.astype(np.float64), axes, evaluated.astype(np.float64),
-                           criteria["dose_percent"], criteria["distance_mm"],
-                           lower_percent_dose_cutoff=criteria["cutoff_percent"], max_gamma=criteria["max_gamma"],
-                           interp_fraction=criteria.get("interp_fraction", 10))
+    return pymedphys.gamma(
+        axes,
+        reference.astype(np.float64),
+        axes,
+        evaluated.astype(np.float64),
+        criteria["dose_percent"],
+        criteria["distance_mm"],
+        lower_percent_dose_cutoff=criteria["cutoff_percent"],
+        max_gamma=criteria["max_gamma"],
+        interp_fraction=criteria.get("interp_fraction", 10),
+    )
 
 
 def _assert_agrees_with_pymedphys(reference, evaluated, spacing_mm, **criteria):
@@ -100,7 +110,8 @@ def test_uniform_scaling_closed_form_and_normalization():
 
 
 def test_five_percent_scaling_fails_except_within_dta_of_a_dose_edge():
-    """10 Gy for x < 6, 0.5 Gy (below the cutoff) beyond: scaled by 5 %, only voxels near the edge find agreement."""
+    """10 Gy for x < 6, 0.5 Gy (below the cutoff) beyond: scaled by 5 %,
+    only voxels near the edge find agreement."""
     dose = np.full((3, 4, 14), 0.5, np.float32)
     dose[..., :6] = 10.0
     result = gamma.gamma_index(dose, dose * 1.05, (3.0, 3.0, 2.0))
@@ -176,11 +187,15 @@ def test_bad_input_raises():
         gamma.gamma_index(dose[0, 0], dose[0, 0], (4.0,))
 
 
-@pytest.mark.parametrize("shift_voxels,scale", [((0.4, -0.3, 0.6), 1.02), ((1.0, 0.0, 0.0), 0.97), ((0.0, 0.7, 0.0), 1.0)])
+@pytest.mark.parametrize(
+    "shift_voxels,scale", [((0.4, -0.3, 0.6), 1.02), ((1.0, 0.0, 0.0), 0.97), ((0.0, 0.7, 0.0), 1.0)]
+)
 def test_agrees_with_pymedphys_on_synthetic_shifted_scaled_doses(shift_voxels, scale):
     spacing = (2.5, 3.5, 4.0)
     rng = np.random.default_rng(1)
-    dose = _blob((12, 14, 14), spacing) + (ndimage.gaussian_filter(rng.random((12, 14, 14)), 1.5) * 12).astype(np.float32)
+    dose = _blob((12, 14, 14), spacing) + (
+        ndimage.gaussian_filter(rng.random((12, 14, 14)), 1.5) * 12
+    ).astype(np.float32)
     evaluated = (ndimage.shift(dose, shift_voxels, order=1, mode="nearest") * scale).astype(np.float32)
     ours, _ = _assert_agrees_with_pymedphys(dose, evaluated, spacing)
     assert 0.0 < ours.pass_rate_percent <= 100.0
@@ -202,7 +217,8 @@ def test_agrees_with_pymedphys_on_real_openkbp_dose_pairs(data_root):
     patient = openkbp.read_openkbp_npz(data_root / "openkbp" / "test" / "pt_242.npz")
     dose, spacing = patient.dose_gy, patient.ct.spacing
     z, y, x = np.unravel_index(np.argmax(dose), dose.shape)
-    box = (slice(z - 8, z + 8), slice(y - 8, y + 8), slice(x - 8, x + 8))  # 16^3 voxels around the hottest point
+    # 16^3 voxels around the hottest point
+    box = (slice(z - 8, z + 8), slice(y - 8, y + 8), slice(x - 8, x + 8))
     reference = dose[box]
     perturbed = {
         "shift 1 voxel along y (4.7 mm), x 1.02": ndimage.shift(dose, (0, 1, 0), order=0) * 1.02,

@@ -1,4 +1,5 @@
-"""The FiLM-conditioned dose U-Net: shapes, non-negative Gy output, conditioning, gradients, config round trip."""
+"""The FiLM-conditioned dose U-Net: shapes, non-negative Gy output, conditioning, gradients,
+config round trip."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def test_constraint_scales_divide_inputs_of_the_mlp():
     net = _net(constraint_scales=(70.0, 1.0, 1.0, 1.0)).eval()
     ref = _net(constraint_scales=(1.0, 1.0, 1.0, 1.0)).eval()
     x = torch.randn(1, 3, 8, 8, 8)
-    torch.testing.assert_close(net(x, torch.tensor([[70.0, 1.0, 0.0, 1.0]])), ref(x, torch.tensor([[1.0, 1.0, 0.0, 1.0]])))
+    torch.testing.assert_close(
+        net(x, torch.tensor([[70.0, 1.0, 0.0, 1.0]])), ref(x, torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+    )
 
 
 def test_bad_inputs_are_refused():

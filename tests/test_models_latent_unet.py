@@ -20,7 +20,9 @@ def test_config_round_trip_and_depth_multiple():
         latent_unet.LatentUNetConfig(channels=(8, 8), attention_levels=(True,), norm_num_groups=4)
 
 
-@pytest.mark.parametrize("depth,multiple,pad", [(5, 4, (1, 2)), (8, 4, (0, 0)), (3, 2, (0, 1)), (1, 8, (3, 4))])
+@pytest.mark.parametrize(
+    "depth,multiple,pad", [(5, 4, (1, 2)), (8, 4, (0, 0)), (3, 2, (0, 1)), (1, 8, (3, 4))]
+)
 def test_pad_then_crop_is_identity(depth, multiple, pad):
     x = torch.randn(2, 8, depth, 4, 6)
     padded, got = latent_unet.pad_depth(x, multiple)
@@ -51,7 +53,9 @@ def test_attention_with_flash_flag_runs_on_cpu():
         norm_num_groups=4, use_flash_attention=True,
     )
     unet = latent_unet.build_latent_unet(config)
-    out = latent_unet.forward_conditioned(unet, torch.randn(1, 4, 2, 4, 4), torch.randn(1, 4, 2, 4, 4), torch.tensor([5]), 2)
+    out = latent_unet.forward_conditioned(
+        unet, torch.randn(1, 4, 2, 4, 4), torch.randn(1, 4, 2, 4, 4), torch.tensor([5]), 2
+    )
     assert out.shape == (1, 4, 2, 4, 4)
 
 
@@ -61,4 +65,6 @@ def test_inplane_check_and_mismatch():
         latent_unet.check_inplane(TINY, (1, 8, 3, 4, 5))
     unet = latent_unet.build_latent_unet(TINY)
     with pytest.raises(ValueError, match="must share"):
-        latent_unet.forward_conditioned(unet, torch.zeros(1, 4, 3, 4, 4), torch.zeros(1, 4, 2, 4, 4), torch.tensor([1]), 2)
+        latent_unet.forward_conditioned(
+            unet, torch.zeros(1, 4, 3, 4, 4), torch.zeros(1, 4, 2, 4, 4), torch.tensor([1]), 2
+        )

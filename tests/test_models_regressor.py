@@ -22,7 +22,9 @@ def test_zero_last_layer_returns_the_input():
 
 
 def test_without_zero_init_output_differs_and_shape_checks():
-    model = regressor.build_regressor(regressor.RegressorConfig(features=(4, 4, 4, 4, 4, 4), zero_init_output=False))
+    model = regressor.build_regressor(
+        regressor.RegressorConfig(features=(4, 4, 4, 4, 4, 4), zero_init_output=False)
+    )
     x = torch.randn(1, 1, 16, 32, 32)
     out = model(x)
     assert out.shape == x.shape and not torch.equal(out, x)
@@ -38,7 +40,8 @@ def test_regressor_loss_and_one_step_improves():
     linear = torch.rand(1, 1, 16, 32, 32) * 2 - 1
     batch = {"linear": linear, "thin": linear + 0.1}
     loss, metrics = regressor.regressor_loss(batch, model)
-    assert float(loss.detach()) == pytest.approx(0.1, rel=1e-5) and float(metrics["linear_l1"]) == pytest.approx(0.1, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(0.1, rel=1e-5)
+    assert float(metrics["linear_l1"]) == pytest.approx(0.1, rel=1e-5)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     regressor.regressor_loss(batch, model)[0].backward()
     optimizer.step()  # only the zero-initialized output layer has a gradient at first: the bias moves up

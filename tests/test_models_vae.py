@@ -39,7 +39,11 @@ def test_encode_decode_shapes_give_8x_and_4_channels(tiny_vae, shape):
     x = torch.rand(shape) * 2 - 1
     z = vae_module.encode_slices(tiny_vae, x, 1.0, chunk=4)
     assert vae_module.downsampling_factor(TINY) == vae_module.downsampling_factor(tiny_vae) == 8
-    expected = (*shape[:-4], 4, shape[-3], shape[-2] // 8, shape[-1] // 8) if len(shape) == 5 else (4, shape[1], 4, 6)
+    expected = (
+        (*shape[:-4], 4, shape[-3], shape[-2] // 8, shape[-1] // 8)
+        if len(shape) == 5
+        else (4, shape[1], 4, 6)
+    )
     assert tuple(z.shape) == expected
     y = vae_module.decode_slices(tiny_vae, z, 1.0, chunk=3)
     assert tuple(y.shape) == tuple(x.shape)
@@ -102,7 +106,9 @@ def test_vae_loss_components():
     assert math.isclose(float(loss), 0.25, rel_tol=1e-6)
     # gradient term: zero for constant images; SSIM loss: 0 for identical images
     ramp = torch.linspace(-1, 1, 16).expand(2, 1, 16, 16).contiguous()
-    loss, parts = vae_module.vae_loss(ramp, ramp, mu, sigma, kl_weight=1.0, ssim_weight=1.0, gradient_weight=1.0)
+    loss, parts = vae_module.vae_loss(
+        ramp, ramp, mu, sigma, kl_weight=1.0, ssim_weight=1.0, gradient_weight=1.0
+    )
     assert float(parts["ssim_loss"]) == pytest.approx(0.0, abs=1e-5) and float(parts["gradient_l1"]) == 0.0
     grad = vae_module.image_gradient_l1(ramp, torch.zeros_like(ramp))
     assert float(grad) == pytest.approx((2 / 15) / 2, rel=1e-5)  # W-gradient 2/15, H-gradient 0
@@ -112,7 +118,9 @@ def test_vae_loss_components():
 def test_adversarial_terms_route_gradients_to_their_player(tiny_vae, kind):
     torch.manual_seed(0)
     disc = vae_module.build_discriminator(channels=8, num_layers_d=2)
-    module = vae_module.VAELossModule(tiny_vae.train(), discriminator=disc, adversarial_weight=0.5, adversarial_kind=kind)
+    module = vae_module.VAELossModule(
+        tiny_vae.train(), discriminator=disc, adversarial_weight=0.5, adversarial_kind=kind
+    )
     images = torch.rand(2, 1, 32, 32) * 2 - 1
     # generator term alone: no gradient on the discriminator
     recon, _, _ = module.vae(images)

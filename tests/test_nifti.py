@@ -234,14 +234,18 @@ def test_read_nifti_parser_paths(tmp_path):
     shifted = nib.Nifti1Image(xyz, np.eye(4))
     shifted.header.set_slope_inter(1.0, 1.0)
     nib.save(shifted, tmp_path / "shifted.nii")
-    np.testing.assert_array_equal(nifti.read_nifti(tmp_path / "shifted.nii").array, xyz.transpose(2, 1, 0) + 1.0)
+    np.testing.assert_array_equal(
+        nifti.read_nifti(tmp_path / "shifted.nii").array, xyz.transpose(2, 1, 0) + 1.0
+    )
 
 
 def test_read_nifti_refusals_name_file_and_problem(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((5, 4, 3), np.int16), np.eye(4)), tmp_path / "v.nii")
     raw = (tmp_path / "v.nii").read_bytes()
     (tmp_path / "cut.nii").write_bytes(raw[:-10])
-    with pytest.raises(CTInputError, match=rf"cut\.nii: voxel data truncated: {len(raw) - 10 - 352} bytes for 60 "):
+    with pytest.raises(
+        CTInputError, match=rf"cut\.nii: voxel data truncated: {len(raw) - 10 - 352} bytes for 60 "
+    ):
         nifti.read_nifti(tmp_path / "cut.nii")
     (tmp_path / "v.img").write_bytes(raw)
     with pytest.raises(CTInputError, match=r"v\.img: not a NIfTI file name \(\.nii or \.nii\.gz\)"):
@@ -249,7 +253,9 @@ def test_read_nifti_refusals_name_file_and_problem(tmp_path):
     with pytest.raises(CTInputError, match=r"missing\.nii: no such file$"):
         nifti.read_nifti(tmp_path / "missing.nii")
     (tmp_path / "junk.nii").write_bytes(b"\x01" * 400)
-    with pytest.raises(CTInputError, match=r"junk\.nii: not a NIfTI-1 or NIfTI-2 file \(unknown header size\)"):
+    with pytest.raises(
+        CTInputError, match=r"junk\.nii: not a NIfTI-1 or NIfTI-2 file \(unknown header size\)"
+    ):
         nifti.read_nifti(tmp_path / "junk.nii")
     (tmp_path / "magic.nii").write_bytes(raw[:344] + b"xyz\x00" + raw[348:])  # the magic "n+1" broken
     with pytest.raises(CTInputError, match=r"magic\.nii: bad NIfTI header \("):
@@ -257,5 +263,7 @@ def test_read_nifti_refusals_name_file_and_problem(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), tmp_path / "t.nii.gz")
     gz = (tmp_path / "t.nii.gz").read_bytes()
     (tmp_path / "t.nii.gz").write_bytes(gz[: len(gz) // 2])
-    with pytest.raises(CTInputError, match=r"t\.nii\.gz: voxel data unreadable \(gzip: the gzip stream ends early"):
+    with pytest.raises(
+        CTInputError, match=r"t\.nii\.gz: voxel data unreadable \(gzip: the gzip stream ends early"
+    ):
         nifti.read_nifti(tmp_path / "t.nii.gz")

@@ -15,7 +15,9 @@ from ctlib import paths
 ROOT = paths.repo_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
 REQUIRED_SETS = ("cpu-real", "gpu")
-PARAMETER_LINE = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<type>int|float|str|bool|list|dict) = .+  # \S.*$")
+PARAMETER_LINE = re.compile(
+    r"^(?P<name>[a-z_][a-z0-9_]*): (?P<type>int|float|str|bool|list|dict) = .+  # \S.*$"
+)
 
 
 def _ids(notebooks: list[Path]) -> list[str]:
@@ -54,7 +56,9 @@ def test_notebook_structure(notebook: Path):
 
     sets = ROOT / "papermill_params" / notebook.stem
     for required in REQUIRED_SETS:
-        assert (sets / f"{required}.yaml").is_file(), f"missing papermill_params/{notebook.stem}/{required}.yaml"
+        assert (sets / f"{required}.yaml").is_file(), (
+            f"missing papermill_params/{notebook.stem}/{required}.yaml"
+        )
     for set_file in sorted(sets.glob("*.yaml")):
         values = yaml.safe_load(set_file.read_text()) or {}
         unknown = set(values) - set(names)

@@ -105,7 +105,8 @@ def test_shared_patient_shapes_hu_and_orientation(data_root):
     assert patient.dose_gy.max() == pytest.approx(72.783, abs=1e-3)
     assert np.all(patient.dose_gy[~patient.possible_dose_mask] == 0)
     assert set(patient.missing_structures) == {"Larynx"}
-    # Geometry: the brainstem lies superior (+z in LPS) of the oesophagus, the mandible anterior (-y) of the cord.
+    # Geometry: the brainstem lies superior (+z in LPS) of the oesophagus, the mandible anterior (-y) of the
+    # cord.
     def centre_lps(name):
         k, j, i = np.argwhere(patient.structures[name]).mean(axis=0)
         return patient.ct.index_to_lps() @ np.array([i, j, k, 1.0])
@@ -128,7 +129,10 @@ def test_shared_npz_equals_csv_layout(data_root, tmp_path):
         if present:
             _write_sparse(folder / f"{name}.csv", mask, with_values=False)
     np.savetxt(folder / "voxel_dimensions.csv", raw["voxel_size_mm"])
-    from_npz, from_csv = openkbp.read_openkbp(data_root / "openkbp/train/pt_1.npz"), openkbp.read_openkbp(folder)
+    from_npz, from_csv = (
+        openkbp.read_openkbp(data_root / "openkbp/train/pt_1.npz"),
+        openkbp.read_openkbp(folder),
+    )
     np.testing.assert_array_equal(from_npz.ct.array, from_csv.ct.array)
     np.testing.assert_allclose(from_npz.dose_gy, from_csv.dose_gy, atol=1e-3)
     assert sorted(from_npz.structures) == sorted(from_csv.structures)

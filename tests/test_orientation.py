@@ -27,7 +27,9 @@ def _lps_of_all_voxels(volume: Volume) -> dict[tuple, float]:
 )
 def test_reorient_keeps_positions(direction, code):
     rng = np.random.default_rng(1)
-    volume = Volume(rng.normal(size=(3, 4, 5)), spacing=(2.0, 0.5, 0.7), origin=(10, -20, 30), direction=direction)
+    volume = Volume(
+        rng.normal(size=(3, 4, 5)), spacing=(2.0, 0.5, 0.7), origin=(10, -20, 30), direction=direction
+    )
     assert orientation.lps_axis_codes(volume) == code
     canonical = orientation.reorient_to_lps(volume)
     assert orientation.lps_axis_codes(canonical) == "LPS"

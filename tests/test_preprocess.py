@@ -20,7 +20,9 @@ def data_folder(tmp_path_factory):
     dicom_write.write_dicom_series(volume, root / "scanner" / "series_a")
     nifti.write_nifti(phantom.ct_phantom(shape=(24, 48, 48), seed=4), root / "nifti" / "case_b.nii.gz")
     nifti.write_nifti(phantom.ct_phantom(shape=(12, 48, 48), seed=4), root / "nifti" / "case_b_crop.nii.gz")
-    nifti.write_nifti(Volume(np.zeros((24, 48, 48)), spacing=(2.5, 1.5, 1.5)), root / "nifti" / "case_b_seg.nii.gz")
+    nifti.write_nifti(
+        Volume(np.zeros((24, 48, 48)), spacing=(2.5, 1.5, 1.5)), root / "nifti" / "case_b_seg.nii.gz"
+    )
     (root / "nifti" / "broken.nii.gz").write_bytes(b"not nifti")
     return root
 
@@ -38,7 +40,9 @@ def test_discover_finds_each_format_and_skips_label_maps(data_folder):
 
 
 def test_select_caps_each_group():
-    sources = [catalog.VolumeSource(f"v{i}", f"p{i}", "nifti", "x", "train" if i % 2 else "test") for i in range(6)]
+    sources = [
+        catalog.VolumeSource(f"v{i}", f"p{i}", "nifti", "x", "train" if i % 2 else "test") for i in range(6)
+    ]
     kept = catalog.select(sources, max_per_group=2)
     assert [s.volume_id for s in kept] == ["v0", "v1", "v2", "v3"]
     assert catalog.select(sources, max_per_group=0) == sources

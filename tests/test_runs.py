@@ -31,7 +31,8 @@ TOY_BODY = """\
 import os
 from ctlib import runs
 runs.save_metrics({"score": alpha * gamma, "label": beta})
-runs.save_metrics({"cwd": os.getcwd(), "run_dir": str(runs.current_run_dir()), "run_id_env": os.environ["CTLIB_RUN_ID"]})
+runs.save_metrics({"cwd": os.getcwd(), "run_dir": str(runs.current_run_dir()),
+                   "run_id_env": os.environ["CTLIB_RUN_ID"]})
 """
 TOY_FAIL = 'if fail:\n    raise ValueError("toy failure on purpose")\nprint("done")'
 CONSUMER_PARAMETERS = 'toy_run_id = ""  # str: the upstream toy run\n'
@@ -145,15 +146,32 @@ def test_run_dir_of_refuses_unknown_and_unfinished_runs():
 
 def test_record_reads_old_files_and_writes_back_every_key(tmp_path):
     """run.json of either earlier writer reads; unknown keys survive; ``record`` is written only when set."""
-    interactive = {"run_id": "a", "notebook": None, "notebook_stem": "interactive", "parameter_set": None,
-                   "status": "interactive", "error": None, "started_utc": "2026-01-01T00:00:00Z", "ended_utc": None,
-                   "duration_s": None, "git": {"commit": "abc", "dirty": True, "branch": "main"}, "python": "3.11",
-                   "python_executable": "/x/python", "packages": {"torch": "2"}, "device": {"cpu_count": 2},
-                   "future_key": [1, 2]}
+    interactive = {
+        "run_id": "a",
+        "notebook": None,
+        "notebook_stem": "interactive",
+        "parameter_set": None,
+        "status": "interactive",
+        "error": None,
+        "started_utc": "2026-01-01T00:00:00Z",
+        "ended_utc": None,
+        "duration_s": None,
+        "git": {"commit": "abc", "dirty": True, "branch": "main"},
+        "python": "3.11",
+        "python_executable": "/x/python",
+        "packages": {"torch": "2"},
+        "device": {"cpu_count": 2},
+        "future_key": [1, 2],
+    }
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "run.json").write_text(json.dumps(interactive))
     record = run_record.RunRecord.from_file(tmp_path / "a")
-    assert (record.status, record.git_commit, record.git_dirty, record.lost) == ("interactive", "abc", True, False)
+    assert (record.status, record.git_commit, record.git_dirty, record.lost) == (
+        "interactive",
+        "abc",
+        True,
+        False,
+    )
     assert record.extra == {"future_key": [1, 2]}
     record.to_file(tmp_path / "a")
     written = json.loads((tmp_path / "a" / "run.json").read_text())

@@ -41,7 +41,9 @@ def _isolated_archive(tmp_path_factory, monkeypatch):
 def toy_run(tmp_path_factory) -> tuple[str, Path]:
     """(run id, runs folder) of one completed toy run with figures, a table, a checkpoint and an array."""
     runs_dir = tmp_path_factory.mktemp("toy_runs")
-    notebook = write_notebook(tmp_path_factory.mktemp("nb") / "2026-01-01_01_toy.ipynb", TOY_PARAMETERS, TOY_OUTPUTS)
+    notebook = write_notebook(
+        tmp_path_factory.mktemp("nb") / "2026-01-01_01_toy.ipynb", TOY_PARAMETERS, TOY_OUTPUTS
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(paths.RUNS_ENV_VAR, str(runs_dir))
         result = runs.run_notebook(notebook)
@@ -61,7 +63,8 @@ def runs_copy(toy_run, tmp_path, monkeypatch) -> str:
 def _fake_record(run_id: str, status: str) -> Path:
     run_dir = paths.runs_dir() / run_id
     run_dir.mkdir(parents=True)
-    run_record.RunRecord(run_id, status, error="ValueError: x" if status == "failed" else None).to_file(run_dir)
+    record = run_record.RunRecord(run_id, status, error="ValueError: x" if status == "failed" else None)
+    record.to_file(run_dir)
     return run_dir
 
 
@@ -77,8 +80,14 @@ def test_archive_round_trip_keeps_the_light_record_only(runs_copy, tmp_path):
     for rel in done.files:
         assert (entry / rel).read_bytes() == (paths.runs_dir() / run_id / rel).read_bytes()
     skipped = {s["path"]: s["reason"] for s in done.skipped}
-    assert skipped["checkpoints/"].startswith("folder of 1 files") and skipped["latents.npz"] == "checkpoint or array"
-    assert "2.0 MB, over the 2.0 MB cap" in skipped["figures/huge.png"] and skipped["kernel.log"] == "not part of the light record"
+    assert (
+        skipped["checkpoints/"].startswith("folder of 1 files")
+        and skipped["latents.npz"] == "checkpoint or array"
+    )
+    assert (
+        "2.0 MB, over the 2.0 MB cap" in skipped["figures/huge.png"]
+        and skipped["kernel.log"] == "not part of the light record"
+    )
     assert json.loads((entry / "archive.json").read_text())["skipped"] == done.skipped
 
     shutil.rmtree(paths.runs_dir())  # a fresh clone: no runs/ at all

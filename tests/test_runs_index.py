@@ -1,4 +1,5 @@
-"""EXPERIMENTS_INDEX.md: rows for completed and failed runs from runs/ and experiments/, Notes kept verbatim."""
+"""EXPERIMENTS_INDEX.md: rows for completed and failed runs from runs/ and experiments/,
+Notes kept verbatim."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def test_index_of_real_runs_keeps_notes_across_regenerations(tmp_path):
     cells = [
         new_code_cell("fail = False  # bool: raise after saving metrics", metadata={"tags": ["parameters"]}),
         new_code_cell(
-            'from ctlib import runs\nruns.save_metrics({"psnr_db": 31.234567, "ssim": 0.9123456, "note": "x"})'
+            'from ctlib import runs\nruns.save_metrics({"psnr_db": 31.234567, "ssim": 0.9123456, "note": '
+            '"x"})'
         ),
         new_code_cell('if fail:\n    raise ValueError("broken | on purpose")'),
     ]
@@ -118,7 +120,8 @@ def test_rows_show_git_duration_metrics_and_errors():
     assert entries[0]["params"] == {"k": 4} and entries[3]["status"] == "unreadable"
     rows = dict(zip("cbad", table_rows(experiments_index.render_table(entries)), strict=True))
     assert (
-        "| slice_interp/2026-11-23_01_preprocess | cpu-real | 01234567-dirty | completed | 2 min 05 s | runs/ |"
+        "| slice_interp/2026-11-23_01_preprocess | cpu-real | 01234567-dirty | completed | 2 min 05 s | "
+        "runs/ |"
         in rows["c"]
     )
     assert "| no git | failed: RuntimeError: CUDA out of memory second line |" in rows["b"]
@@ -156,8 +159,12 @@ def test_index_merges_runs_and_archive_once_each(tmp_path):
     archived = archive.archive_dir()
     fake_run("20260101-000000_preprocess_aaaa", "2026-01-01T00:00:00Z", metrics={"local": 1})
     fake_run("20260102-000000_preprocess_bbbb", "2026-01-02T00:00:00Z", metrics={"local": 2})
-    fake_run("20260102-000000_preprocess_bbbb", "2026-01-02T00:00:00Z", metrics={"archived": 2}, root=archived)
-    fake_run("20260103-000000_preprocess_cccc", "2026-01-03T00:00:00Z", metrics={"archived": 3}, root=archived)
+    fake_run(
+        "20260102-000000_preprocess_bbbb", "2026-01-02T00:00:00Z", metrics={"archived": 2}, root=archived
+    )
+    fake_run(
+        "20260103-000000_preprocess_cccc", "2026-01-03T00:00:00Z", metrics={"archived": 3}, root=archived
+    )
     (archived / ".20260104-000000_preprocess_dddd.tmp").mkdir()  # an archive copy under way is no run
     entries = experiments_index.build_index()
     assert [(e["run_id"][-4:], e["kept"], e["metrics"]) for e in entries] == [
@@ -167,7 +174,10 @@ def test_index_merges_runs_and_archive_once_each(tmp_path):
     ]
     text = experiments_index.write_index(tmp_path / "INDEX.md").read_text()
     rows = table_rows(text)
-    assert ["| experiments/ |" in rows[0], "| runs/, experiments/ |" in rows[1], "| runs/ |" in rows[2]] == [True] * 3
+    assert (
+        ["| experiments/ |" in rows[0], "| runs/, experiments/ |" in rows[1], "| runs/ |" in rows[2]]
+        == [True] * 3
+    )
     assert "3 runs (3 completed, 0 failed, 0 running or killed; 2 archived, 0 lost)" in text
     assert "Lost runs" not in text
 
@@ -192,7 +202,9 @@ def test_table_reads_back_as_the_facts_it_shows():
 
 def test_lost_rows_are_kept_from_an_earlier_table(tmp_path):
     """A row of an earlier index whose run folder is gone becomes a marked archive entry and stays listed."""
-    fake_run("20260101-000000_preprocess_aaaa", "2026-01-01T00:00:00Z", metrics={f"m{i}": i for i in range(9)})
+    fake_run(
+        "20260101-000000_preprocess_aaaa", "2026-01-01T00:00:00Z", metrics={f"m{i}": i for i in range(9)}
+    )
     fake_run("20260102-000000_preprocess_bbbb", "2026-01-02T00:00:00Z", dirty=True)
     old_rows = table_rows(experiments_index.render_table(experiments_index.build_index()))
     earlier = experiments_index.parse_table(experiments_index.render_table(experiments_index.build_index()))
@@ -223,9 +235,13 @@ def test_committed_lost_runs_survive_an_index_from_an_empty_runs_folder(tmp_path
     assert len(lost) >= 25 and "20261123-064143_diffusion_0706" in lost
     empty = tmp_path / "runs"
     empty.mkdir()
-    text = experiments_index.write_index(tmp_path / "INDEX.md", runs_dir=empty, archive_dir=committed).read_text()
+    text = experiments_index.write_index(
+        tmp_path / "INDEX.md", runs_dir=empty, archive_dir=committed
+    ).read_text()
     rows = {row.split("`")[1]: row for row in table_rows(text)}
     assert lost == sorted(run_id for run_id, row in rows.items() if "| **lost** |" in row)
     assert all(f"`{run_id}`" in text.split("| Run |")[0] for run_id in lost)  # named above the table
-    assert "| cpu-real | c77f0e44-dirty | completed | 32 min 42 s | **lost** | latent_scale_factor=1.048" in rows[
-        "20261123-064143_diffusion_0706"]
+    assert (
+        "| cpu-real | c77f0e44-dirty | completed | 32 min 42 s | **lost** | latent_scale_factor=1.048"
+        in rows["20261123-064143_diffusion_0706"]
+    )

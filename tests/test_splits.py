@@ -57,7 +57,9 @@ def test_fixed_ids_are_honoured_for_their_whole_patient():
     counts = pd.Series([result[v] for v in free]).value_counts()
     assert counts["train"] == splits.split_counts(len(free), FRACTIONS)["train"]
     with pytest.raises(ValueError, match="fixed to two splits"):
-        splits.make_splits(volumes, FRACTIONS, 1, fixed={"a_1": "test", "a_2": "train"}, patient_of=patient_of)
+        splits.make_splits(
+            volumes, FRACTIONS, 1, fixed={"a_1": "test", "a_2": "train"}, patient_of=patient_of
+        )
     with pytest.raises(ValueError, match="not in patient_ids"):
         splits.make_splits(IDS, FRACTIONS, 1, fixed={"nobody": "test"})
 

@@ -37,7 +37,9 @@ def _volume(n_slices: int = 26, direction: np.ndarray | None = None, seed: int =
 
 
 @pytest.mark.parametrize("direction", sorted(DIRECTIONS))
-@pytest.mark.parametrize("factor, slab, offset", [(4, None, 0), (3, 5, 2), (2, 1, 1), (5, 2, 0), (1, None, 0)])
+@pytest.mark.parametrize(
+    "factor, slab, offset", [(4, None, 0), (3, 5, 2), (2, 1, 1), (5, 2, 0), (1, None, 0)]
+)
 def test_slab_geometry_is_exact(direction, factor, slab, offset):
     thin = _volume(direction=DIRECTIONS[direction])
     thick = thick_slices.simulate_thick(thin, factor, "slab", slab=slab, offset=offset)
@@ -70,7 +72,9 @@ def test_decimate_picks_every_factor_th_slice(direction):
     np.testing.assert_allclose(thick.slice_positions(), thin.slice_positions()[[1, 7, 13, 19]], atol=1e-9)
     assert thick.spacing[0] == pytest.approx(7.5)
     assert thick.slice_thickness_mm == 1.5  # the thin thickness, not the spacing
-    no_thickness = thick_slices.simulate_thick(thin.with_array(thin.array, slice_thickness_mm=None), 6, "decimate")
+    no_thickness = thick_slices.simulate_thick(
+        thin.with_array(thin.array, slice_thickness_mm=None), 6, "decimate"
+    )
     assert no_thickness.slice_thickness_mm == pytest.approx(1.25)
 
 
@@ -104,14 +108,20 @@ def test_pair_is_in_register(direction, factor, mode, slab, offset, observed_eve
     n_thick = pair.thick.shape[0]
     assert pair.thin.shape[0] == n_thick * factor == pair.observed.size
     np.testing.assert_array_equal(pair.thin.array, volume.array[offset : offset + n_thick * factor])
-    np.testing.assert_allclose(pair.thin.slice_positions(), volume.slice_positions()[offset : offset + pair.thin.shape[0]])
+    np.testing.assert_allclose(
+        pair.thin.slice_positions(), volume.slice_positions()[offset : offset + pair.thin.shape[0]]
+    )
     # Each thick slice sits where thin_index_of_thick says, on the cropped thin grid.
-    expected = np.asarray(pair.thin.origin) + pair.thin_index_of_thick[:, None] * 1.25 * pair.thin.slice_normal
+    expected = (
+        np.asarray(pair.thin.origin) + pair.thin_index_of_thick[:, None] * 1.25 * pair.thin.slice_normal
+    )
     np.testing.assert_allclose(pair.thick.slice_positions(), expected, atol=1e-9)
     if observed_every is None:
         assert not pair.observed.any() and pair.synthesized.all()
     else:
-        np.testing.assert_array_equal(np.flatnonzero(pair.observed), observed_every + factor * np.arange(n_thick))
+        np.testing.assert_array_equal(
+            np.flatnonzero(pair.observed), observed_every + factor * np.arange(n_thick)
+        )
     if mode == "decimate":
         np.testing.assert_array_equal(pair.thick.array, pair.thin.array[pair.observed])
 

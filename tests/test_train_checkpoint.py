@@ -70,9 +70,20 @@ def test_rng_capture_and_restore_all_generators(tmp_path):
     np.random.standard_normal()
     model, _ = _model_and_optimizer()
     checkpoint.save_checkpoint(
-        tmp_path / "c.pt", model_state=model.state_dict(), config={}, normalization={}, extra={}, rng_state=True
+        tmp_path / "c.pt",
+        model_state=model.state_dict(),
+        config={},
+        normalization={},
+        extra={},
+        rng_state=True,
     )
-    expected = (random.random(), random.gauss(0, 1), np.random.rand(3), np.random.standard_normal(), torch.rand(3))
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3),
+        np.random.standard_normal(),
+        torch.rand(3),
+    )
     random.seed(99)
     np.random.seed(99)
     torch.manual_seed(99)
@@ -96,7 +107,9 @@ def test_missing_corrupt_and_incomplete_files(tmp_path):
     with pytest.raises(CTInputError, match="no checkpoint file"):
         checkpoint.load_checkpoint(tmp_path / "absent.pt")
     model, _ = _model_and_optimizer()
-    path = checkpoint.save_checkpoint(tmp_path / "ok.pt", model_state=model.state_dict(), config={}, normalization={})
+    path = checkpoint.save_checkpoint(
+        tmp_path / "ok.pt", model_state=model.state_dict(), config={}, normalization={}
+    )
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CTInputError, match="not a readable checkpoint") as info:

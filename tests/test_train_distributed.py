@@ -65,7 +65,9 @@ def _free_port() -> int:
 def _data(rank: int = 0, world_size: int = 1) -> BatchStream:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 3, generator=g)
-    return BatchStream(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, seed=1, rank=rank, world_size=world_size)
+    return BatchStream(
+        TensorDataset(x, x.sum(1, keepdim=True)), batch_size=4, seed=1, rank=rank, world_size=world_size
+    )
 
 
 def _loss(batch, model):
@@ -78,7 +80,9 @@ def _model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
 
 
-CONFIG = loop.TrainConfig(steps=3, batch_size=4, lr=0.05, grad_accum_steps=2, checkpoint_every=2, device="cpu", seed=1)
+CONFIG = loop.TrainConfig(
+    steps=3, batch_size=4, lr=0.05, grad_accum_steps=2, checkpoint_every=2, device="cpu", seed=1
+)
 
 
 def test_ddp_path_with_one_process_matches_plain_training(tmp_path, monkeypatch):
@@ -109,7 +113,9 @@ def test_ddp_path_with_one_process_matches_plain_training(tmp_path, monkeypatch)
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     world = distributed.setup_distributed()
     try:

@@ -40,11 +40,15 @@ def mse(batch, model):
 
 def make_model(dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(8, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Dropout(dropout), torch.nn.Linear(8, 1)
+    )
 
 
 def config(**changes) -> loop.TrainConfig:
-    base = loop.TrainConfig(steps=12, batch_size=4, lr=0.05, log_every=1, checkpoint_every=4, seed=7, device="cpu")
+    base = loop.TrainConfig(
+        steps=12, batch_size=4, lr=0.05, log_every=1, checkpoint_every=4, seed=7, device="cpu"
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -132,7 +136,8 @@ def test_killed_run_resumes_to_the_same_parameters_and_data_order(tmp_path):
     seen_killed: list[int] = []
     with pytest.raises(Killed):
         _run(tmp_path, "killed.pt", 12, kill_at=6, seen=seen_killed)
-    assert checkpoint.load_checkpoint(tmp_path / "killed.pt")["extra"]["step"] == 4  # last checkpoint before the kill
+    # last checkpoint before the kill
+    assert checkpoint.load_checkpoint(tmp_path / "killed.pt")["extra"]["step"] == 4
     torch.manual_seed(12345)  # a fresh process would have other RNG states
     np.random.seed(12345)
     seen_resumed: list[int] = []
@@ -163,13 +168,33 @@ def test_resume_refuses_a_different_seed_or_model(tmp_path):
     loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), config(steps=2),
                checkpoint_path=tmp_path / "c.pt", normalization=NORMALIZATION, model_config={"hidden": 8})
     with pytest.raises(ValueError, match="seed=7"):
-        loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=8), config(steps=4, seed=8),
-                   checkpoint_path=tmp_path / "c.pt", normalization=NORMALIZATION)
+        loop.train(
+            make_model(),
+            mse,
+            BatchStream(Regression(), batch_size=4, seed=8),
+            config(steps=4, seed=8),
+            checkpoint_path=tmp_path / "c.pt",
+            normalization=NORMALIZATION,
+        )
     with pytest.raises(ValueError, match="model config"):
-        loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), config(steps=4),
-                   checkpoint_path=tmp_path / "c.pt", normalization=NORMALIZATION, model_config={"hidden": 16})
-    history = loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=8), config(steps=2, seed=8),
-                         checkpoint_path=tmp_path / "c.pt", normalization=NORMALIZATION, resume=False)
+        loop.train(
+            make_model(),
+            mse,
+            BatchStream(Regression(), batch_size=4, seed=7),
+            config(steps=4),
+            checkpoint_path=tmp_path / "c.pt",
+            normalization=NORMALIZATION,
+            model_config={"hidden": 16},
+        )
+    history = loop.train(
+        make_model(),
+        mse,
+        BatchStream(Regression(), batch_size=4, seed=8),
+        config(steps=2, seed=8),
+        checkpoint_path=tmp_path / "c.pt",
+        normalization=NORMALIZATION,
+        resume=False,
+    )
     assert len(history) == 2
 
 
@@ -182,8 +207,14 @@ def test_bf16_autocast_step_on_cpu(tmp_path):
         seen_dtypes.append(out.dtype)
         return (out.float() - batch["y"]).pow(2).mean(), {}
 
-    history = loop.train(model, loss_fn, BatchStream(Regression(), batch_size=4, seed=7), config(steps=1, amp="bf16"),
-                         checkpoint_path=tmp_path / "c.pt", normalization=NORMALIZATION)
+    history = loop.train(
+        model,
+        loss_fn,
+        BatchStream(Regression(), batch_size=4, seed=7),
+        config(steps=1, amp="bf16"),
+        checkpoint_path=tmp_path / "c.pt",
+        normalization=NORMALIZATION,
+    )
     assert seen_dtypes == [torch.bfloat16] and np.isfinite(history[0]["loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
@@ -227,8 +258,14 @@ def test_wall_clock_budget_stops_after_a_checkpoint_and_resumes(tmp_path):
                          checkpoint_path=tmp_path / "budget.pt", normalization=NORMALIZATION)
     assert [r["step"] for r in history] == [2] and "_past_deadline" not in history[0]
     assert checkpoint.load_checkpoint(tmp_path / "budget.pt")["extra"]["step"] == 2
-    history = loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), config(steps=10, log_every=2),
-                         checkpoint_path=tmp_path / "budget.pt", normalization=NORMALIZATION)
+    history = loop.train(
+        make_model(),
+        mse,
+        BatchStream(Regression(), batch_size=4, seed=7),
+        config(steps=10, log_every=2),
+        checkpoint_path=tmp_path / "budget.pt",
+        normalization=NORMALIZATION,
+    )
     assert [r["step"] for r in history] == [2, 4, 6, 8, 10]
     with pytest.raises(ValueError, match="max_minutes"):
         loop.TrainConfig(max_minutes=-1)

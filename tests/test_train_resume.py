@@ -20,8 +20,14 @@ def _run(run_id: str, status: str) -> object:
 
 def test_resume_copies_the_checkpoint_of_a_killed_run(tmp_path):
     killed = _run("20261123-000000_vae_killed", "failed")
-    source = checkpoint.save_checkpoint(checkpoint.checkpoint_file(killed, "vae"), model_state={"w": torch.ones(2)},
-                                        config={}, normalization={}, extra={"step": 3}, rng_state=False)
+    source = checkpoint.save_checkpoint(
+        checkpoint.checkpoint_file(killed, "vae"),
+        model_state={"w": torch.ones(2)},
+        config={},
+        normalization={},
+        extra={"step": 3},
+        rng_state=False,
+    )
     target = checkpoint.checkpoint_file(tmp_path / "new_run", "vae")
     assert resume.resume_from("", target) is None and not target.exists()
     assert resume.resume_from(killed.name, target) == target

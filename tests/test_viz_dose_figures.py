@@ -1,4 +1,5 @@
-"""Dose figures: the overlay equals the viewer's pixels, panels and plots draw what they are given, bad input is refused."""
+"""Dose figures: the overlay equals the viewer's pixels, panels and plots draw what they are given,
+bad input is refused."""
 
 from __future__ import annotations
 
@@ -54,10 +55,14 @@ def test_colorwash_panels_layout_and_checks():
     assert len(image_axes) == 2 * 3  # two views x (two doses + the difference)
     assert [ax.get_title() for ax in image_axes[:3]] == ["planned", "predicted", "predicted - planned"]
     diff = image_axes[2].images[1].get_array()  # axial difference, masked outside the pdm
-    np.testing.assert_allclose(diff.filled(0), np.where(p.possible_dose_mask[4], 0.1 * p.dose_gy[4], 0), rtol=1e-5)
+    np.testing.assert_allclose(
+        diff.filled(0), np.where(p.possible_dose_mask[4], 0.1 * p.dose_gy[4], 0), rtol=1e-5
+    )
     plt.close(fig)
     with pytest.raises(ValueError, match="shape"):
-        dose_figures.colorwash_panels(p.ct_hu, {"x": p.dose_gy[:-1]}, p.spacing_mm, centre=(0, 0, 0), window=WINDOW)
+        dose_figures.colorwash_panels(
+            p.ct_hu, {"x": p.dose_gy[:-1]}, p.spacing_mm, centre=(0, 0, 0), window=WINDOW
+        )
     with pytest.raises(ValueError, match="difference"):
         dose_figures.colorwash_panels(p.ct_hu, doses, p.spacing_mm, centre=(0, 0, 0), window=WINDOW,
                                       difference=("a", "planned"))
@@ -72,7 +77,12 @@ def test_dvh_plot_draws_one_line_per_structure_and_dose():
     ax = fig.axes[0]
     assert len(ax.lines) == 2 * 2 and [line.get_linestyle() for line in ax.lines] == ["-", "-", "--", "--"]
     np.testing.assert_array_equal(ax.lines[1].get_ydata(), curves["planned"].volume_percent["PTV70"])
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Brainstem", "PTV70", "planned", "predicted"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "Brainstem",
+        "PTV70",
+        "planned",
+        "predicted",
+    ]
     plt.close(fig)
     with pytest.raises(ValueError, match="at most"):
         dose_figures.dvh_plot({str(i): curves["planned"] for i in range(5)})
@@ -81,8 +91,14 @@ def test_dvh_plot_draws_one_line_per_structure_and_dose():
 def test_gamma_panels_mask_unevaluated_voxels():
     p = synthetic_patient()
     gamma_map = np.where(p.dose_gy > 7.0, 0.5, np.nan).astype(np.float32)
-    fig = dose_figures.gamma_panels(p.ct_hu, {"mae": gamma_map}, p.spacing_mm, centre=(4, 6, 6), window=WINDOW,
-                                    pass_rates_percent={"mae": 97.25})
+    fig = dose_figures.gamma_panels(
+        p.ct_hu,
+        {"mae": gamma_map},
+        p.spacing_mm,
+        centre=(4, 6, 6),
+        window=WINDOW,
+        pass_rates_percent={"mae": 97.25},
+    )
     ax = fig.axes[0]
     assert ax.get_title() == "mae\n97.2 % pass"
     shown = ax.images[1].get_array()

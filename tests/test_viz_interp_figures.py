@@ -45,13 +45,15 @@ def test_comparison_grid_layout_titles_and_physical_aspect():
     grid = np.array(image_axes).reshape(3, 3)
     assert [ax.get_title() for ax in grid[0]] == ["thick", "truth", "|error|"]
     assert [ax.get_ylabel() for ax in grid[:, 0]] == ["axial", "coronal", "sagittal"]
-    # aspect = row spacing / column spacing: axial dy/dx, coronal dz/dx (thick: 6 times thicker), sagittal dz/dy
+    # aspect = row spacing / column spacing: axial dy/dx, coronal dz/dx (thick: 6 times thicker), sagittal
+    # dz/dy
     assert grid[0, 1].get_aspect() == pytest.approx(1.0 / 0.5)
     assert grid[1, 1].get_aspect() == pytest.approx(2.0 / 0.5)
     assert grid[1, 0].get_aspect() == pytest.approx(12.0 / 0.5)
     assert grid[2, 1].get_aspect() == pytest.approx(2.0 / 1.0)
     # the thick coronal has one row per thick slice, the same physical height as the thin one
-    assert grid[1, 0].images[0].get_array().shape == (4, 16) and grid[1, 1].images[0].get_array().shape == (24, 16)
+    assert grid[1, 0].images[0].get_array().shape == (4, 16)
+    assert grid[1, 1].images[0].get_array().shape == (24, 16)
     # the axial thick panel shows the thick slice nearest thin slice 11 (thick centres 2.5, 8.5, ...: slice 1)
     np.testing.assert_array_equal(grid[0, 0].images[0].get_array(), pair.thick.array[1])
     assert grid[0, 2].images[0].get_cmap().name == interp_figures.MAP_CMAP
@@ -60,8 +62,9 @@ def test_comparison_grid_layout_titles_and_physical_aspect():
     # maps are blanked outside map_mask
     mask = np.zeros(pair.thin.shape, dtype=bool)
     mask[:, :10] = True
-    fig = interp_figures.comparison_grid({"truth": pair.thin}, windows.FULL, maps={"|error|": error}, map_mask=mask,
-                                         centre=(11, 10, 8))
+    fig = interp_figures.comparison_grid(
+        {"truth": pair.thin}, windows.FULL, maps={"|error|": error}, map_mask=mask, centre=(11, 10, 8)
+    )
     shown = fig.axes[1].images[0].get_array()
     assert (shown[10:] == 0).all() and (shown[:10] == error.array[11, :10]).all()
 
@@ -90,7 +93,9 @@ def _summary() -> pd.DataFrame:
             for k in (1, 2):
                 rows.append({"sampler": "ddim", "steps": steps, "eta": eta, "samples": k,
                              "psnr_full_db": 20 + steps / 10 + k + eta, "seconds": steps * k})
-    rows.append({"sampler": "ddpm", "steps": 1000, "eta": 1.0, "samples": 1, "psnr_full_db": 25.0, "seconds": 900})
+    rows.append(
+        {"sampler": "ddpm", "steps": 1000, "eta": 1.0, "samples": 1, "psnr_full_db": 25.0, "seconds": 900}
+    )
     return pd.DataFrame(rows)
 
 
@@ -113,7 +118,9 @@ def test_calibration_plot_and_table_figure():
     curve = pd.DataFrame({"std_hu": [1.0, 5.0, 9.0], "abs_error_hu": [2.0, 6.0, 20.0], "voxels": [3, 3, 3]})
     fig = interp_figures.calibration_plot(curve, 0.4321)
     assert fig.axes[0].get_title() == "Pearson r = 0.43" and len(fig.axes[0].get_lines()) == 2
-    table = pd.DataFrame({"psnr_full_db": [31.39, np.nan]}, index=pd.Index(["linear", "cubic"], name="method"))
+    table = pd.DataFrame(
+        {"psnr_full_db": [31.39, np.nan]}, index=pd.Index(["linear", "cubic"], name="method")
+    )
     fig = interp_figures.table_figure({"(a) evaluation": table, "(b) ablation": _summary()}, caption="x6")
     assert [ax.get_title(loc="left") for ax in fig.axes] == ["(a) evaluation", "(b) ablation"]
     cells = fig.axes[0].tables[0].get_celld()

@@ -77,7 +77,9 @@ def test_isodose_line_pixels_lie_on_the_level_boundary():
     levels, colors = [20.0, 50.0], [(0, 255, 0), (255, 0, 255)]
     rgb = render.isodose_lines(render.gray_to_rgb(np.zeros(dose.shape, np.uint8)), dose, levels, colors)
     padded = np.pad(dose, 1, mode="edge")
-    neighbours_min = np.min([padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]], axis=0)
+    neighbours_min = np.min(
+        [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]], axis=0
+    )
     for level, color in zip(levels, colors, strict=True):
         drawn = np.all(rgb == color, axis=-1)
         boundary = (dose >= level) & (neighbours_min < level)
@@ -101,7 +103,9 @@ def test_crosshair_lines_and_gap():
     gapped = render.draw_crosshair(np.zeros((20, 30, 3), np.uint8), 5, 7, YELLOW, gap_px=2)
     on = np.all(gapped == YELLOW, axis=-1)
     assert not on[3:8, 5:10].any() and on[5, 0] and on[5, 29] and on[0, 7] and on[19, 7]
-    thick = np.all(render.draw_crosshair(np.zeros((20, 30, 3), np.uint8), 5, 7, YELLOW, width_px=2) == YELLOW, axis=-1)
+    thick = np.all(
+        render.draw_crosshair(np.zeros((20, 30, 3), np.uint8), 5, 7, YELLOW, width_px=2) == YELLOW, axis=-1
+    )
     assert thick[5:7].all() and thick[:, 7:9].all() and thick.sum() == 2 * 30 + 2 * 20 - 4
     none = render.draw_crosshair(np.zeros((4, 4, 3), np.uint8), None, 10, YELLOW)
     assert not none.any()
@@ -145,13 +149,17 @@ def test_panes_are_radiological_and_superior_up():
     array = np.full((5, 6, 7), -1000.0, np.float32)
     array[4, 0, 0] = 1000.0
     lps = Volume(array, (2.0, 1.0, 1.0))
-    las = Volume(array[:, ::-1, :], (2.0, 1.0, 1.0), origin=(0.0, 5.0, 0.0), direction=np.diag([1.0, -1.0, 1.0]))
+    las = Volume(
+        array[:, ::-1, :], (2.0, 1.0, 1.0), origin=(0.0, 5.0, 0.0), direction=np.diag([1.0, -1.0, 1.0])
+    )
     for volume in (lps, las):
         state = _state(volume, show_crosshair=False)
         state.position_mm = np.array([0.0, 0.0, 8.0])  # the bright voxel
         axial, coronal, sagittal = (render.render_pane(state, a) for a in view_state.AXES)
         assert axial.shape == (6, 7, 3) and axial[0, 0, 0] == 255 and axial[..., 0].sum() == 255
-        assert coronal.shape == (10, 7, 3) and np.all(coronal[0:2, 0, 0] == 255) and coronal[..., 0].sum() == 510
+        assert (
+            coronal.shape == (10, 7, 3) and np.all(coronal[0:2, 0, 0] == 255) and coronal[..., 0].sum() == 510
+        )
         assert sagittal.shape == (10, 6, 3) and np.all(sagittal[0:2, 0, 0] == 255)
 
 
@@ -206,5 +214,7 @@ def test_label_outlines_draw_only_the_boundary():
     expected[2:5, 2:5] = False
     np.testing.assert_array_equal(drawn, expected)
     bits = label_tables.LabelSet.from_masks({"a": labels[None] > 0})
-    rgb = render.label_outlines(render.gray_to_rgb(np.zeros((7, 7), np.uint8)), bits.array[0], bits.lut_rgba, "bits")
+    rgb = render.label_outlines(
+        render.gray_to_rgb(np.zeros((7, 7), np.uint8)), bits.array[0], bits.lut_rgba, "bits"
+    )
     np.testing.assert_array_equal(np.any(rgb > 0, axis=-1), expected)

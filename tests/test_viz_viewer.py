@@ -97,7 +97,9 @@ def test_compare_grid_keeps_physical_position_between_z_spacings():
         v.controls.sliders["axial"].value = k
         z_mm = float(k)
         assert view_state.slice_index(v.state, "axial", 1) == k == view_state.slice_index(v.state, "axial", 2)
-        assert view_state.slice_index(v.state, "axial", 0) == int(np.clip(np.floor((z_mm - 2.0) / 5.0 + 0.5), 0, 5))
+        assert view_state.slice_index(v.state, "axial", 0) == int(
+            np.clip(np.floor((z_mm - 2.0) / 5.0 + 0.5), 0, 5)
+        )
     _click(v, "coronal", 0, row=0, col=0)  # top band of the thick coronal = thick slice 5 (z = 27 mm)
     assert np.isclose(v.state.position_mm[2], 27.0)
     assert v.controls.sliders["axial"].value == 27
@@ -150,7 +152,11 @@ def test_labels_follow_physical_position_on_a_thick_row():
     thick = Volume(volume.array[::3], (3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
     v = viewer.Viewer({"thick": thick, "thin": volume}, labels=labels, overlay_on="thin")
     v.controls.sliders["axial"].value = 0
-    assert render.render_base(v.state, "axial", 0).present == render.render_base(v.state, "axial", 1).present == [1, 2]
+    assert (
+        render.render_base(v.state, "axial", 0).present
+        == render.render_base(v.state, "axial", 1).present
+        == [1, 2]
+    )
 
 
 def _fake_openkbp(path) -> None:

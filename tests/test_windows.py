@@ -93,8 +93,9 @@ def test_window_from_record_rejects_bad_records():
 
 
 # The tests below kill mutants that survived `make mutation` (bench/results/mutation.md).
-@pytest.mark.parametrize(("level", "width"), [(float("nan"), 100.0), (0.0, float("inf")), (float("-inf"), 1.0),
-                                              (0.0, -5.0)])
+@pytest.mark.parametrize(
+    ("level", "width"), [(float("nan"), 100.0), (0.0, float("inf")), (float("-inf"), 1.0), (0.0, -5.0)]
+)
 def test_window_refuses_non_finite_or_non_positive_numbers(level, width):
     with pytest.raises(ValueError, match="finite level and a positive width"):
         windows.HUWindow("bad", level, width)
@@ -114,8 +115,12 @@ def test_float_inputs_keep_their_precision():
 
 def test_denormalize_clip_bounds_both_sides():
     w = windows.MEDIASTINUM  # [-160, 240]
-    np.testing.assert_allclose(windows.denormalize(np.array([-1.5, 0.0, 1.5]), w, clip=True), [-160.0, 40.0, 240.0])
-    np.testing.assert_allclose(windows.denormalize(torch.tensor([-1.5, 1.5]), w, clip=True).numpy(), [-160.0, 240.0])
+    np.testing.assert_allclose(
+        windows.denormalize(np.array([-1.5, 0.0, 1.5]), w, clip=True), [-160.0, 40.0, 240.0]
+    )
+    np.testing.assert_allclose(
+        windows.denormalize(torch.tensor([-1.5, 1.5]), w, clip=True).numpy(), [-160.0, 240.0]
+    )
 
 
 def test_normalization_record_names_every_field():

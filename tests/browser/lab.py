@@ -107,7 +107,8 @@ def diagnostics(page: Page) -> str:
     try:
         info = page.evaluate(
             """() => {
-              const text = (sel) => [...document.querySelectorAll(sel)].map(e => e.innerText.trim()).filter(Boolean);
+              const text = (sel) => [...document.querySelectorAll(sel)]
+                .map(e => e.innerText.trim()).filter(Boolean);
               const classes = new Set();
               for (const el of document.querySelectorAll('[class*="ctlib-"]')) {
                 for (const c of el.classList) if (c.startsWith('ctlib-')) classes.add(c);
@@ -199,7 +200,8 @@ def open_notebook(
         )
     except PlaywrightTimeoutError:
         raise AssertionError(
-            "window.jupyterapp never appeared: is the server started with --LabApp.expose_app_in_browser=True?\n"
+            "window.jupyterapp never appeared: is the server started with "
+            "--LabApp.expose_app_in_browser=True?\n"
             + diagnostics(page)
         ) from None
     page.evaluate("path => { window.__ctlibNotebookPath = path; }", path)
@@ -239,8 +241,9 @@ def _kernel_state(page: Page) -> dict:
     # Without window.jupyterapp: the toolbar's execution indicator and the [*] prompts.
     return page.evaluate(
         """() => {
-          const ind = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator');
-          const pending = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')]
+          const panel = '.jp-NotebookPanel:not(.lm-mod-hidden)';
+          const ind = document.querySelector(panel + ' .jp-Notebook-ExecutionIndicator');
+          const pending = [...document.querySelectorAll(panel + ' .jp-InputPrompt')]
             .filter(p => p.textContent.includes('*')).length;
           return {status: ind ? ind.getAttribute('data-status') : 'unknown', pending};
         }"""
@@ -350,8 +353,9 @@ def find_widget(page: Page, css_class: str, index: int = 0, timeout: float = 30.
         locator.wait_for(state="visible", timeout=_ms(timeout))
     except PlaywrightTimeoutError:
         raise AssertionError(
-            f"no visible widget with class {css_class!r} (#{index}) within {timeout:.0f} s (if widgets show as plain text, "
-            "e.g. 'IntSlider(...)', the ipywidgets labextension did not load)\n" + diagnostics(page)
+            f"no visible widget with class {css_class!r} (#{index}) within {timeout:.0f} s "
+            "(if widgets show as plain text, e.g. 'IntSlider(...)', "
+            "the ipywidgets labextension did not load)\n" + diagnostics(page)
         ) from None
     locator.scroll_into_view_if_needed()
     return locator
@@ -375,7 +379,8 @@ _IMG_JS = (
 
 
 def image_src(page: Page, css_class: str, index: int = 0) -> str:
-    """The current ``src`` (a ``blob:`` or ``data:`` URL) of the ``<img>`` that is, or is inside, the widget."""
+    """The current ``src`` (a ``blob:`` or ``data:`` URL) of the ``<img>`` that is, or is inside,
+    the widget."""
     src = find_widget(page, css_class, index).evaluate(_IMG_JS)
     if not src:
         raise AssertionError(f"widget {css_class!r} holds no <img> with a src\n{diagnostics(page)}")
@@ -389,7 +394,9 @@ def image_bytes(page: Page, css_class: str, index: int = 0) -> bytes:
           const img = el.tagName === 'IMG' ? el : el.querySelector('img');
           const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
           let s = '';
-          for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+          for (let i = 0; i < bytes.length; i += 0x8000) {
+            s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+          }
           return btoa(s);
         }"""
     )

@@ -99,8 +99,11 @@ def test_viewer_notebook_slider_presets_legend_and_click(browser_page, jupyterla
     # The first viewer starts at the middle slice; its legend names the organs in view.
     start = _readout(page, SLIDER)
     assert start == reference.controls.sliders["axial"].value == 66
-    lung_names = [n for n in label_tables.chest_ct_label_names(paths.embedded_path("chest_ct_structures")).values()
-                  if n.startswith("lung_")]
+    lung_names = [
+        n
+        for n in label_tables.chest_ct_label_names(paths.embedded_path("chest_ct_structures")).values()
+        if n.startswith("lung_")
+    ]
     _wait_for_legend(page, _expected_legend(reference, start))
     assert set(lung_names) & set(_legend_names(page)), _legend_names(page)
 
@@ -140,7 +143,8 @@ def test_viewer_notebook_slider_presets_legend_and_click(browser_page, jupyterla
     lab.wait_for_image_change(page, AXIAL, lung_src)
     _settled_src(page, AXIAL)
 
-    page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")  # room for the panes
+    # room for the panes
+    page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
     lab.find_widget(page, "ctlib-viewer").scroll_into_view_if_needed()
     shot = lab.save_screenshot(page, "browser_viewer.png")
     assert shot.stat().st_size > 0

@@ -51,6 +51,7 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.
 ## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook
 test: venv chromium
 	$(VENV)/bin/lint-imports
+	$(PY) -m ruff check ctlib tests bench conftest.py
 	CTLIB_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
 
 unit: venv
@@ -85,7 +86,7 @@ index: venv
 	$(VENV)/bin/ctlib index
 
 lint: venv
-	$(PY) -m ruff check ctlib tests bench
+	$(PY) -m ruff check ctlib tests bench conftest.py
 	$(VENV)/bin/lint-imports
 
 clean:

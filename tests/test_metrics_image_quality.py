@@ -101,3 +101,22 @@ def test_ssim_needs_two_volumes_of_one_shape():
         image_quality.ssim_slices_hu(np.zeros((12, 12)), np.zeros((12, 12)), **MEDIASTINUM)
     with pytest.raises(ValueError, match="one shape"):
         image_quality.ssim_slices_hu(np.zeros((1, 12, 12)), np.zeros((1, 12, 13)), **MEDIASTINUM)
+
+
+def test_ssim_mask_on_non_square_slices_and_single_pixels():
+    rng = np.random.default_rng(1)
+    target = rng.normal(0, 200, (2, 14, 20))
+    prediction = target + rng.normal(0, 150, target.shape)
+    everywhere = image_quality.ssim_slices_hu(prediction, target, low_hu=-1024, high_hu=3071)
+    full = np.ones(target.shape, bool)
+    masked = image_quality.ssim_slices_hu(prediction, target, low_hu=-1024, high_hu=3071, mask=full)
+    np.testing.assert_allclose(masked, everywhere, rtol=1e-12)
+    one = np.zeros(target.shape, bool)
+    one[:, 5, 5] = True  # the first pixel the 11 x 11 window fits around: map entry (0, 0)
+    single = image_quality.ssim_slices_hu(prediction, target, low_hu=-1024, high_hu=3071, mask=one)
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return (np.clip(a, -1024, 3071) + 1024) / 4095
+
+    expected = [_ssim_reference(unit(prediction[k, :11, :11]), unit(target[k, :11, :11])) for k in range(2)]
+    np.testing.assert_allclose(single, expected, atol=1e-5)

@@ -267,3 +267,18 @@ def test_read_nifti_refusals_name_file_and_problem(tmp_path):
         CTInputError, match=r"t\.nii\.gz: voxel data unreadable \(gzip: the gzip stream ends early"
     ):
         nifti.read_nifti(tmp_path / "t.nii.gz")
+
+
+def test_read_nifti_meta_and_padding_count(tmp_path):
+    xyz = np.full((3, 2, 2), -1024, np.int16)
+    xyz[0, 0, 0], xyz[1, 0, 0] = -2048, -1025  # two voxels below air; -1024 itself is air, not padding
+    nib.save(nib.Nifti1Image(xyz, np.eye(4)), tmp_path / "pad.nii")
+    volume = nifti.read_nifti(tmp_path / "pad.nii")
+    assert volume.meta["voxels_filled_to_air"] == 2
+    assert volume.meta["format"] == "nifti" and volume.meta["source"] == str(tmp_path / "pad.nii")
+    assert nifti.read_nifti(tmp_path / "pad.nii", fill_below_air=False).meta["voxels_filled_to_air"] == 0
+    data = np.zeros((3, 3, 3), np.float32)
+    data[0, 0, :2] = [np.nan, np.inf]
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii")
+    with pytest.raises(CTInputError, match=r"nan\.nii: 2 voxels are NaN or infinite"):
+        nifti.read_nifti(tmp_path / "nan.nii")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
 from ctlib.config import ConfigDict
+from ctlib.models import level_checks
 
 
 @dataclasses.dataclass
@@ -37,17 +38,9 @@ class LatentUNetConfig(ConfigDict):
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(
-                f"LatentUNetConfig: attention_levels has {len(self.attention_levels)} entries, "
-                f"channels has {len(self.channels)}"
-            )
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"LatentUNetConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, "
-                f"not {bad}"
-            )
+        level_checks.check_levels(
+            "LatentUNetConfig", self.channels, self.attention_levels, self.norm_num_groups
+        )
 
 
 def build_latent_unet(config: LatentUNetConfig) -> DiffusionModelUNet:

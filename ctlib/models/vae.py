@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ctlib.config import ConfigDict
+from ctlib.models import level_checks
 
 AdversarialKind = Literal["hinge", "lsgan"]
 ADVERSARIAL_KINDS: tuple[str, ...] = get_args(AdversarialKind)
@@ -53,17 +54,7 @@ class VAEConfig(ConfigDict):
         if self.attention_levels is None:
             self.attention_levels = (False,) * len(self.channels)
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(
-                f"VAEConfig: attention_levels has {len(self.attention_levels)} entries, channels has "
-                f"{len(self.channels)}"
-            )
-        bad = [c for c in self.channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"VAEConfig: norm_num_groups={self.norm_num_groups} must divide every channel count, not "
-                f"{bad}"
-            )
+        level_checks.check_levels("VAEConfig", self.channels, self.attention_levels, self.norm_num_groups)
 
 
 def downsampling_factor(vae: VAEConfig | AutoencoderKL) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -79,3 +79,14 @@ def ema_weights(
             raise ValueError(f"EMA weight {name!r} matches no model parameter")
         state[key] = value.to(state[key].dtype)
     return state, True
+
+
+class RunKind:
+    """Base of the typed run loaders (one per run kind); ``NAME`` names the checkpoint file."""
+
+    NAME: ClassVar[str]
+
+    @classmethod
+    def checkpoint_file(cls, run_dir: str | os.PathLike) -> Path:
+        """Where a run of this kind keeps its checkpoint: ``<run_dir>/checkpoints/<NAME>.pt``."""
+        return checkpoint_io.checkpoint_file(run_dir, cls.NAME)

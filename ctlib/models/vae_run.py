@@ -24,7 +24,7 @@ from ctlib.models import vae as vae_module
 
 
 @dataclasses.dataclass
-class VAERun:
+class VAERun(run_checkpoint.RunKind):
     """A frozen per-slice VAE (eval, no grad) with the window, scale factor and provenance of its training."""
 
     NAME: ClassVar[str] = "vae"  # checkpoints/vae.pt
@@ -42,11 +42,6 @@ class VAERun:
     def factor(self) -> int:
         """In-plane downsampling ``2**(levels - 1)``."""
         return vae_module.downsampling_factor(self.config)
-
-    @classmethod
-    def checkpoint_file(cls, run_dir: str | os.PathLike) -> Path:
-        """Where a VAE run keeps its checkpoint: ``<run_dir>/checkpoints/vae.pt``."""
-        return checkpoint_io.checkpoint_file(run_dir, cls.NAME)
 
     @classmethod
     def load(cls, run_id_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VAERun:

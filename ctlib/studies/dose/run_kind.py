@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ctlib import checkpoint as checkpoint_io
 from ctlib.data import windows
 from ctlib.errors import CTInputError
 from ctlib.models import run_checkpoint
@@ -28,7 +27,7 @@ from ctlib.studies.dose.patient_file import SDF_CLIP_MM
 
 
 @dataclasses.dataclass
-class DoseRun:
+class DoseRun(run_checkpoint.RunKind):
     """A trained dose model (eval, no grad) with its config, input normalization and validation options."""
 
     NAME: ClassVar[str] = "dose_model"  # checkpoints/dose_model.pt
@@ -56,11 +55,6 @@ class DoseRun:
     def variant(self) -> str:
         """The loss name of a U-Net, ``"diffusion"`` for the diffusion model."""
         return "diffusion" if self.kind == "diffusion" else str(self.model_config["loss"])
-
-    @classmethod
-    def checkpoint_file(cls, run_dir: str | os.PathLike) -> Path:
-        """Where a dose run keeps its checkpoint: ``<run_dir>/checkpoints/dose_model.pt``."""
-        return checkpoint_io.checkpoint_file(run_dir, cls.NAME)
 
     @classmethod
     def load(

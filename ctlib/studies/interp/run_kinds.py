@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ctlib import checkpoint as checkpoint_io
 from ctlib.data import windows
 from ctlib.errors import CTInputError
 from ctlib.models import latent_unet, regressor, run_checkpoint
@@ -33,7 +32,7 @@ _UNUSABLE = (ValueError, TypeError, KeyError, RuntimeError)
 
 
 @dataclasses.dataclass
-class DiffusionRun:
+class DiffusionRun(run_checkpoint.RunKind):
     """A trained latent U-Net (eval, no grad) with its diffusion spec, window, scale factor and VAE run."""
 
     NAME: ClassVar[str] = "diffusion"  # checkpoints/diffusion.pt
@@ -54,11 +53,6 @@ class DiffusionRun:
     def depth_multiple(self) -> int:
         """Every latent size the U-Net sees is a multiple of this."""
         return latent_unet.required_depth_multiple(self.unet_config)
-
-    @classmethod
-    def checkpoint_file(cls, run_dir: str | os.PathLike) -> Path:
-        """Where a diffusion run keeps its checkpoint: ``<run_dir>/checkpoints/diffusion.pt``."""
-        return checkpoint_io.checkpoint_file(run_dir, cls.NAME)
 
     @classmethod
     def load(
@@ -106,7 +100,7 @@ class DiffusionRun:
 
 
 @dataclasses.dataclass
-class RegressorRun:
+class RegressorRun(run_checkpoint.RunKind):
     """A trained residual regressor (eval, no grad) with the window, factor and thick-slice mode it fits."""
 
     NAME: ClassVar[str] = "regressor"  # checkpoints/regressor.pt
@@ -121,11 +115,6 @@ class RegressorRun:
     step: int | None
     weights: str  # "ema" or "raw"
     path: Path
-
-    @classmethod
-    def checkpoint_file(cls, run_dir: str | os.PathLike) -> Path:
-        """Where a regressor run keeps its checkpoint: ``<run_dir>/checkpoints/regressor.pt``."""
-        return checkpoint_io.checkpoint_file(run_dir, cls.NAME)
 
     @classmethod
     def load(

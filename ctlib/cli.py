@@ -66,9 +66,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"ctlib run: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    experiments_index.write_index()
+    local_index = experiments_index.write_local_index()
     print(json.dumps({"run_id": result.run_id, "status": result.status, "run_dir": str(result.run_dir)}))
     print("\n".join(report.output_lines(result.run_dir)), flush=True)
+    print(f"  index of this machine's runs: {local_index}")
+    print(f"  to keep it in git: ctlib archive {result.run_id} (adds it to EXPERIMENTS_INDEX.md)")
     if result.status != "completed":
         print(f"ctlib run: {result.run_id} failed: {result.error}", file=sys.stderr)
         return 1

@@ -157,7 +157,7 @@ def open_lines(steps: Sequence[StepRun]) -> list[str]:
     lines += [
         f"  {'run folders:':<30}{report.display_path(first)}/<run id>/ (executed notebook, params.json, "
         "metrics.json, run.json)",
-        f"  {'the table of all runs:':<30}EXPERIMENTS_INDEX.md",
+        f"  {'the table of all runs:':<30}runs/INDEX.md (this machine's runs and the archive)",
         f"  {'the notebooks in JupyterLab:':<30}{LAB_COMMAND} (or {LAB_COMMAND_PLAIN})",
     ]
     return lines
@@ -175,6 +175,6 @@ def run_demo(chain: Sequence[str] = DEMO_CHAIN) -> list[Any]:
     except runs.RunFailed as failure:
         results = [failure.result]
     finally:
-        experiments_index.write_index()
+        experiments_index.write_local_index()
     print(summary(collect([r.run_id for r in results]), len(chain)), flush=True)
     return results

@@ -96,11 +96,15 @@ def test_run_and_index(tmp_path, monkeypatch, capsys):
         f"  executed notebook: {paths.runs_dir() / run_id / notebook.name}",
         f"  metrics:           {paths.runs_dir() / run_id / 'metrics.json'} (1 value)",
         "  figures:           none",
+        f"  index of this machine's runs: {paths.runs_dir() / 'INDEX.md'}",
+        f"  to keep it in git: ctlib archive {run_id} (adds it to EXPERIMENTS_INDEX.md)",
     ]
+    assert run_id in (paths.runs_dir() / "INDEX.md").read_text()
+    assert not index.exists()  # a run never writes the committed index
     assert cli.main(["run", str(notebook), "-p", "nosuchset"]) == 2
     assert cli.main(["run", str(notebook), "-P", "beta=3"]) == 2
     runs_dir = paths.runs_dir()
-    (run,) = list(runs_dir.iterdir())
+    (run,) = [folder for folder in runs_dir.iterdir() if folder.is_dir()]
     recorded = json.loads((run / "params.json").read_text())["parameters"]
     assert recorded == {"alpha": 5, "label": "b"}
     assert json.loads((run / "metrics.json").read_text()) == {"twice": 10.0}

@@ -80,7 +80,7 @@ def test_summary_tells_what_ran_on_which_data_the_numbers_and_what_to_open():
     assert figures.endswith(f"{evaluate}/figures/ (example_volume.png, psnr_by_factor.png)")
     assert "figures of 01_preprocess:" in text and "figures of 02_vae" not in text
     assert (
-        "EXPERIMENTS_INDEX.md" in text
+        "runs/INDEX.md" in text
         and f"JupyterLab:  {demo.LAB_COMMAND} (or .venv/bin/jupyter lab" in text
     )
     assert "failed" not in text

@@ -245,3 +245,14 @@ def test_committed_lost_runs_survive_an_index_from_an_empty_runs_folder(tmp_path
         "| cpu-real | c77f0e44-dirty | completed | 32 min 42 s | **lost** | latent_scale_factor=1.048"
         in rows["20261123-064143_diffusion_0706"]
     )
+
+
+def test_local_index_takes_the_committed_notes_and_leaves_the_committed_index_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "repo_root", lambda: tmp_path)
+    committed = tmp_path / "EXPERIMENTS_INDEX.md"
+    committed.write_text("# Experiments index\n\n## Notes\n\n- a note kept by hand\n")
+    before = committed.read_text()
+    local = experiments_index.write_local_index()
+    assert local == paths.runs_dir() / "INDEX.md"
+    assert "- a note kept by hand" in local.read_text()
+    assert committed.read_text() == before

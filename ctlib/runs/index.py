@@ -29,8 +29,23 @@ DEFAULT_NOTES = (
 
 
 def default_index_path() -> Path:
-    """``<repo>/EXPERIMENTS_INDEX.md``."""
+    """``<repo>/EXPERIMENTS_INDEX.md``: the committed index (``ctlib index``, ``ctlib archive``)."""
     return paths.repo_root() / "EXPERIMENTS_INDEX.md"
+
+
+def local_index_path() -> Path:
+    """``<runs>/INDEX.md``: this machine's index, refreshed after every ``ctlib run`` and ``ctlib demo``.
+
+    It lists the same archive rows as the committed index plus this machine's runs, so running a
+    notebook or the demo never changes a tracked file; ``ctlib index`` or ``ctlib archive`` update
+    ``EXPERIMENTS_INDEX.md`` when a run should be kept.
+    """
+    return paths.runs_dir() / "INDEX.md"
+
+
+def write_local_index() -> Path:
+    """Write ``local_index_path()`` with the Notes of the committed index."""
+    return write_index(local_index_path(), notes_from=default_index_path())
 
 
 def build_index(
@@ -124,18 +139,26 @@ def render_table(entries: list[dict[str, Any]]) -> str:
 
 
 def write_index(
-    path: Path | None = None, runs_dir: Path | None = None, archive_dir: Path | None = None
+    path: Path | None = None,
+    runs_dir: Path | None = None,
+    archive_dir: Path | None = None,
+    *,
+    notes_from: Path | None = None,
 ) -> Path:
     """Regenerate the index file atomically from ``runs/`` and ``experiments/``, keeping ``## Notes``
     verbatim.
 
-    A new file gets a placeholder Notes section. An existing file with neither a Notes section
-    nor the generated-table marker is refused rather than overwritten: it was written by hand.
+    A new file gets the Notes of ``notes_from`` when given and present, else a placeholder. An
+    existing file with neither a Notes section nor the generated-table marker is refused rather than
+    overwritten: it was written by hand.
     """
     path = Path(path or default_index_path())
     root = Path(runs_dir or paths.runs_dir())
     archive_root = Path(archive_dir or archive.archive_dir())
     notes = DEFAULT_NOTES
+    if not path.exists() and notes_from is not None and Path(notes_from).is_file():
+        match = _NOTES.search(Path(notes_from).read_text())
+        notes = Path(notes_from).read_text()[match.start() :] if match else notes
     if path.exists():
         old = path.read_text()
         match = _NOTES.search(old)

@@ -20,6 +20,8 @@ import torch
 
 from ctlib import checkpoint, paths
 from ctlib.data import cache, phantom, windows
+from ctlib.diffusion import schedules
+from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.ema import EMA
 from ctlib.errors import CTInputError
 from ctlib.models import dose_unet, latent_unet, regressor, vae_run
@@ -172,8 +174,10 @@ class DiffusionContract(RunKindContract):
         x = torch.from_numpy(windows.normalize(phantom.ct_phantom(shape=(4, 16, 16), seed=5).array, "full"))
         cond = vae_module.encode_slices(vae, x[None, None], scale_factor)
         x_t = torch.randn(cond.shape, generator=torch.Generator().manual_seed(0))
+        schedule = schedules.make_schedule("linear", num_train_timesteps=1000)
+        denoiser = Denoiser(unet.eval(), "v", schedule, cond=cond, depth_multiple=multiple)
         with torch.no_grad():
-            return latent_unet.forward_conditioned(unet.eval(), x_t, cond, torch.tensor([7]), multiple)
+            return denoiser(x_t, torch.tensor([7]))
 
     def predict_trained(self) -> torch.Tensor:
         module = self.trained["module"]

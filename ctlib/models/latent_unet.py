@@ -101,23 +101,3 @@ def check_inplane(config: LatentUNetConfig, shape: tuple[int, ...]) -> None:
             f"{len(config.channels)}-level U-Net: choose image patches that are multiples of {multiple} * "
             "the VAE factor"
         )
-
-
-def forward_conditioned(
-    unet: torch.nn.Module,
-    x_t: torch.Tensor,
-    cond: torch.Tensor,
-    timesteps: torch.Tensor,
-    multiple: int,
-) -> torch.Tensor:
-    """U-Net output for ``x_t`` ``(B, latent, D, h, w)`` given ``cond`` ``(B, cond, D, h, w)``, any D.
-
-    Concatenates ``[x_t, cond]`` on channels, pads depth to ``multiple``, runs the U-Net with raw
-    timesteps ``(B,)`` in ``0..T-1``, and crops back to D.
-    """
-    if x_t.shape[2:] != cond.shape[2:] or x_t.shape[0] != cond.shape[0]:
-        raise ValueError(
-            f"x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)} must share batch and (D, h, w)"
-        )
-    padded, pad = pad_depth(torch.cat([x_t, cond], dim=1), multiple)
-    return crop_depth(unet(padded, timesteps), pad)

@@ -32,6 +32,8 @@ def volume_info(path: str, series_uid: str | None = None) -> dict[str, Any]:
         "modality": volume.modality,
         "origin_lps_mm": [round(o, 4) for o in volume.origin],
         "slice_thickness_mm": volume.slice_thickness_mm,
+        # files of a DICOM folder left out as clearly not images (text, pictures, dotfiles, DICOMDIR)
+        **({"skipped_files": volume.meta["skipped_files"]} if "skipped_files" in volume.meta else {}),
     }
 
 

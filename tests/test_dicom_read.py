@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -357,3 +358,67 @@ def test_real_truncated_compressed_file(data_root, tmp_path):
     bad = tmp_path / files[0].name
     bad.write_bytes(bad.read_bytes()[:-5000])
     refused(tmp_path, bad.name, "truncated")
+
+
+# --- files beside a series: skipped by name, or refused by name (issue 11) ------------------------
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize(
+    "content", [b"", b"\x00" * 300, bytes(np.random.default_rng(1).integers(0, 256, 500, np.uint8))]
+)
+def test_a_corrupt_slice_file_is_refused_by_name_wherever_it_sits(tmp_path, where, content):
+    files, _ = write_slices(tmp_path, 5)
+    victim = {"first": files[0], "middle": files[2], "last": files[-1]}[where]
+    victim.write_bytes(content)
+    message = refused(tmp_path, victim.name)
+    assert ("empty file" in message) == (content == b"")
+
+
+def test_clearly_non_image_files_are_skipped_and_listed(tmp_path):
+    _, stored = write_slices(tmp_path, 4)
+    for name in ("README", "notes.txt", "scan.json", "preview.png", ".DS_Store", ".img000.dcm.x1y2.tmp"):
+        (tmp_path / name).write_bytes(b"not an image")
+    vol = dicom_read.read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(vol.array, stored.astype(np.float32))
+    skipped = {entry["file"] for entry in vol.meta["skipped_files"]}
+    assert skipped == {"README", "notes.txt", "scan.json", "preview.png", ".DS_Store", ".img000.dcm.x1y2.tmp"}
+
+
+def test_an_unknown_file_beside_the_series_is_refused_by_name(tmp_path):
+    write_slices(tmp_path, 4)
+    (tmp_path / "IM0007").write_bytes(b"garbage that is not dicom" * 10)
+    refused(tmp_path, "IM0007", "not a DICOM file")
+
+
+def test_legacy_files_without_the_preamble_are_read(tmp_path):
+    files, stored = write_slices(tmp_path, 3)
+    for path in files:  # rewrite each slice without the 128-byte preamble, 'DICM' prefix and file meta
+        ds = pydicom.dcmread(path)
+        ds.preamble, ds.file_meta = None, FileMetaDataset()
+        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert b"DICM" not in path.read_bytes()[:200]
+    vol = dicom_read.read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(vol.array, stored.astype(np.float32))
+    assert vol.meta["skipped_files"] == []
+
+
+def test_info_names_a_corrupt_first_slice_and_exits_2(tmp_path, capsys):
+    from ctlib import cli
+
+    files, _ = write_slices(tmp_path, 4)
+    files[0].write_bytes(b"\x00" * 64)
+    assert cli.main(["info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and files[0].name in err
+
+
+def test_info_lists_the_files_it_skipped(tmp_path, capsys):
+    from ctlib import cli
+
+    write_slices(tmp_path, 3)
+    (tmp_path / "README.txt").write_text("about this series")
+    assert cli.main(["info", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["shape"][0] == 3
+    assert info["skipped_files"] == [{"file": "README.txt", "reason": "not an image (by name)"}]

@@ -46,11 +46,11 @@ class SeriesInfo:
 def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     """Group the DICOM files under ``folder`` (recursive) by SeriesInstanceUID (headers only).
 
-    Files that are not DICOM (no 'DICM' prefix) and DICOMDIR files are skipped; a DICOM file whose
-    header cannot be parsed is refused. Series come in the order of their first file.
+    Files that are clearly not images and DICOMDIR files are skipped; any other file that is not
+    readable DICOM is refused by name. Series come in the order of their first file.
     """
     paths, source = _collect_paths(folder)
-    headers = _read_all(paths, explicit=False, source=source, stop_before_pixels=True)
+    headers, _ = _read_all(paths, explicit=False, source=source, stop_before_pixels=True)
     return [_series_info(uid, items) for uid, items in _group_by_series(headers).items()]
 
 
@@ -64,8 +64,11 @@ def read_dicom_series(
 ) -> Volume:
     """Read one DICOM series into a ``Volume`` (z, y, x) float32 HU, sorted along the slice normal.
 
-    ``folder_or_files`` is a folder (searched recursively; non-DICOM files are skipped) or a list
-    of files (all must be DICOM). ``series_uid`` picks a series when there are several.
+    ``folder_or_files`` is a folder (searched recursively; files that are clearly not images, such
+    as text, documents, pictures, dotfiles and DICOMDIR, are skipped and listed in
+    ``meta["skipped_files"]``; any other file that is not DICOM is refused by name) or a list of
+    files (all must be DICOM). Files without the Part 10 preamble are read when they carry an SOP
+    class and pixel data. ``series_uid`` picks a series when there are several.
     ``spacing_tolerance`` is relative: every step between slice positions must be within it of the
     median step (dz is then the mean step). Compressed transfer syntaxes are decoded by pydicom's
     handlers (pylibjpeg/openjpeg); the openjpeg decoder holds the GIL, so a series of compressed
@@ -83,7 +86,7 @@ def read_dicom_series(
             raise CTInputError(
                 None, "no files given: read_dicom_series needs a folder or a list of DICOM files"
             )
-    datasets = _read_all(paths, explicit=explicit, source=source, stop_before_pixels=False)
+    datasets, skipped = _read_all(paths, explicit=explicit, source=source, stop_before_pixels=False)
     groups = _group_by_series(datasets)
     items = _select_series(groups, series_uid, source)
     first_path, first = items[0]
@@ -140,6 +143,7 @@ def read_dicom_series(
             "transfer_syntax": str(transfer_syntax),
             "transfer_syntax_name": transfer_syntax.name,
             "source": str(source),
+            "skipped_files": skipped,
         },
     )
 
@@ -159,23 +163,73 @@ def _collect_paths(src: str | os.PathLike) -> tuple[list[Path], Path]:
     return paths, root
 
 
+# Files that sit beside a series and are clearly not images: skipped (and listed in Volume.meta),
+# never guessed at. Any other file that is not readable DICOM is refused by name.
+_NOT_IMAGE_SUFFIXES = frozenset({
+    ".txt", ".md", ".rst", ".json", ".xml", ".html", ".htm", ".pdf", ".csv", ".tsv", ".log", ".yaml",
+    ".yml", ".ini", ".cfg", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".svg", ".tmp",
+})
+_NOT_IMAGE_NAMES = frozenset({"readme", "license", "licence", "dicomdir", "thumbs.db", "desktop.ini"})
+
+
+def _clearly_not_an_image(path: Path) -> str | None:
+    """Why ``path`` is skipped without being read (dotfiles and our own ``.name.*.tmp`` temporaries,
+    text, documents, pictures, DICOMDIR), or ``None`` when it must be read as DICOM."""
+    name = path.name.lower()
+    if name.startswith("."):
+        return "hidden file or temporary"
+    if name in _NOT_IMAGE_NAMES or name.split(".")[0] in ("readme", "license", "licence"):
+        return "not an image (by name)"
+    if path.suffix.lower() in _NOT_IMAGE_SUFFIXES:
+        return f"not an image ({path.suffix.lower()} file)"
+    return None
+
+
+def _read_legacy(path: Path, stop_before_pixels: bool) -> Dataset | None:
+    """A DICOM file without the 128-byte preamble and 'DICM' prefix (pre-Part 10): read with
+    ``force=True`` and kept only when it carries an SOP class and an image; else ``None``."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    except Exception:
+        return None
+    is_image = "PixelData" in ds or (stop_before_pixels and "Rows" in ds and "Columns" in ds)
+    if "SOPClassUID" not in ds or not is_image:
+        return None
+    if "TransferSyntaxUID" not in ds.file_meta:  # needed to decode; legacy files are implicit VR LE
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    return ds
+
+
 def _read_all(
     paths: Sequence[Path], *, explicit: bool, source: Path, stop_before_pixels: bool
-) -> list[tuple[Path, Dataset]]:
-    """Parse every file once; skip non-DICOM files in a folder, refuse broken DICOM files."""
-    out = []
+) -> tuple[list[tuple[Path, Dataset]], list[dict[str, str]]]:
+    """Parse every file once: ``(items, skipped)``.
+
+    In a folder, files that are clearly not images are skipped and listed in ``skipped``; every other
+    file must be DICOM (with or without the Part 10 preamble) and is refused by name when it is not.
+    """
+    out, skipped = [], []
     for path in paths:
+        reason = None if explicit else _clearly_not_an_image(path)
+        if reason is not None:
+            shown = path.relative_to(source) if path.is_relative_to(source) else path
+            skipped.append({"file": str(shown), "reason": reason})
+            continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError as err:
-            if explicit:
-                raise CTInputError(path, f"not a DICOM file ({err})") from None
-            continue  # a README, a thumbnail, ... beside the series
+            ds = _read_legacy(path, stop_before_pixels)
+            if ds is None:
+                size = path.stat().st_size
+                what = "empty file (0 bytes)" if size == 0 else f"not a DICOM file ({err})"
+                hint = "" if explicit else "; move it out of the series folder if it does not belong there"
+                raise CTInputError(path, what + hint) from None
         except Exception as err:  # pydicom raises many types on broken files
             raise CTInputError(
                 path, f"unreadable or truncated DICOM file: {type(err).__name__}: {err}"
             ) from None
         if ds.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
+            skipped.append({"file": path.name, "reason": "DICOMDIR (a directory record, no image)"})
             continue
         # pydicom keeps a short last value silently, and drops every element on an EOF inside an
         # undefined-length one (encapsulated pixel data): both mean the file was cut short.
@@ -188,7 +242,7 @@ def _read_all(
         out.append((path, ds))
     if not out:
         raise CTInputError(source, f"no DICOM files found ({len(paths)} file(s), none with a DICOM header)")
-    return out
+    return out, skipped
 
 
 def _cut_short(ds: Dataset) -> bool:

@@ -78,19 +78,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if result.status == "completed":
             built[notebook] = result.run_dir / notebook.name
     write(f"upstream runs in {paths.runs_dir()}")
-    for item in session.items:
-        executed = built.get(Path(str(item.path)))
-        if executed is not None and hasattr(item, "cell"):
-            _check_against_run(item, executed)
-
-
-def _check_against_run(item: pytest.Item, executed_notebook: Path) -> None:
-    """Make an nbval cell compare the outputs of the same cell (by id) in an executed notebook instead of
-    running it; the notebook's kernel is then not started."""
     import nbformat
+
+    cells_of = {
+        notebook: {c.get("id"): c for c in nbformat.read(executed, as_version=4).cells}
+        for notebook, executed in built.items()
+    }
+    for item in session.items:
+        notebook = Path(str(item.path))
+        if notebook in built and hasattr(item, "cell"):
+            _check_against_run(item, built[notebook], cells_of[notebook])
+
+
+def _check_against_run(item: pytest.Item, executed_notebook: Path, cells: dict) -> None:
+    """Make an nbval cell compare the outputs of the same cell (by id) in an executed notebook (its cells
+    by id in ``cells``) instead of running it; the notebook's kernel is then not started."""
     from nbval.plugin import coalesce_streams
 
-    cells = {c.get("id"): c for c in nbformat.read(executed_notebook, as_version=4).cells}
     notebook = item.parent
     notebook.setup = notebook.setup_sanitize_files  # sanitize patterns, no kernel
 

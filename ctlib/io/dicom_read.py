@@ -143,6 +143,7 @@ def read_dicom_series(
             "transfer_syntax": str(transfer_syntax),
             "transfer_syntax_name": transfer_syntax.name,
             "source": str(source),
+            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")) or None,
             "skipped_files": skipped,
         },
     )
@@ -169,7 +170,8 @@ _NOT_IMAGE_SUFFIXES = frozenset({
     ".txt", ".md", ".rst", ".json", ".xml", ".html", ".htm", ".pdf", ".csv", ".tsv", ".log", ".yaml",
     ".yml", ".ini", ".cfg", ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".svg", ".tmp",
 })
-_NOT_IMAGE_NAMES = frozenset({"readme", "license", "licence", "dicomdir", "thumbs.db", "desktop.ini"})
+_NOT_IMAGE_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini"})
+_NOT_IMAGE_STEMS = frozenset({"readme", "license", "licence"})  # with or without a suffix
 
 
 def _clearly_not_an_image(path: Path) -> str | None:
@@ -178,7 +180,7 @@ def _clearly_not_an_image(path: Path) -> str | None:
     name = path.name.lower()
     if name.startswith("."):
         return "hidden file or temporary"
-    if name in _NOT_IMAGE_NAMES or name.split(".")[0] in ("readme", "license", "licence"):
+    if name in _NOT_IMAGE_NAMES or name.split(".")[0] in _NOT_IMAGE_STEMS:
         return "not an image (by name)"
     if path.suffix.lower() in _NOT_IMAGE_SUFFIXES:
         return f"not an image ({path.suffix.lower()} file)"
@@ -210,10 +212,10 @@ def _read_all(
     """
     out, skipped = [], []
     for path in paths:
+        shown = str(path.relative_to(source) if path.is_relative_to(source) else path)
         reason = None if explicit else _clearly_not_an_image(path)
         if reason is not None:
-            shown = path.relative_to(source) if path.is_relative_to(source) else path
-            skipped.append({"file": str(shown), "reason": reason})
+            skipped.append({"file": shown, "reason": reason})
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
@@ -229,7 +231,7 @@ def _read_all(
                 path, f"unreadable or truncated DICOM file: {type(err).__name__}: {err}"
             ) from None
         if ds.file_meta.get("MediaStorageSOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
-            skipped.append({"file": path.name, "reason": "DICOMDIR (a directory record, no image)"})
+            skipped.append({"file": shown, "reason": "DICOMDIR (a directory record, no image)"})
             continue
         # pydicom keeps a short last value silently, and drops every element on an EOF inside an
         # undefined-length one (encapsulated pixel data): both mean the file was cut short.

@@ -61,7 +61,9 @@ def upstream_order(notebooks: Iterable[str | Path], candidates: Iterable[Path] |
     """Every notebook upstream of ``notebooks`` (directly or through others), each after its own upstreams
     (depth-first topological order); a notebook of ``notebooks`` is listed only if another one reads it.
     A cycle raises ``ValueError`` naming it."""
-    pool = list(candidates) if candidates is not None else None
+    if candidates is None:  # found once, not again for every notebook visited
+        candidates = (paths.repo_root() / "notebooks").rglob("*.ipynb")
+    pool = sorted(Path(p).resolve() for p in candidates)
     targets = [Path(n).resolve() for n in notebooks]
     order: list[Path] = []
     state: dict[Path, str] = {}  # "visiting" or "done"

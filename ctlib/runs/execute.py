@@ -32,6 +32,7 @@ from ctlib.runs.params import (
     resolve_parameters,
 )
 from ctlib.runs.record import RECORD_FILE, RunRecord, Status
+from ctlib.runs.report import display_path
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -57,7 +58,6 @@ class RunResult:
     error: str | None = None
 
 
-# ------------------------------------------------------------------------------------- run ids
 # --------------------------------------------------------------------------------- execution
 def run_notebook(
     notebook: str | Path,
@@ -102,9 +102,9 @@ def run_notebook(
     atomic.write_json(
         run_dir / "params.json",
         {
-            "notebook": _relative(path),
+            "notebook": display_path(path),
             "parameter_set": parameter_set,
-            "parameter_set_file": _relative(resolved.set_file) if resolved.set_file else None,
+            "parameter_set_file": display_path(resolved.set_file) if resolved.set_file else None,
             "overrides": resolved.overrides,
             "parameters": values,
             "sources": {
@@ -116,7 +116,7 @@ def run_notebook(
     output = run_dir / path.name
     record = RunRecord.started(
         run_id,
-        notebook=_relative(path),
+        notebook=display_path(path),
         notebook_stem=stem,
         output_notebook=output.name,
         parameter_set=parameter_set,
@@ -211,14 +211,6 @@ def _this_interpreter_kernel_manager() -> type:
             return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return ThisInterpreterKernelManager
-
-
-def _relative(path: Path) -> str:
-    """Path relative to the repository root (POSIX), or absolute when outside it."""
-    try:
-        return Path(path).resolve().relative_to(paths.repo_root()).as_posix()
-    except ValueError:
-        return str(Path(path).resolve())
 
 
 # ------------------------------------------------------------------------------------ chains

@@ -157,8 +157,9 @@ def write_index(
     archive_root = Path(archive_dir or archive.archive_dir())
     notes = DEFAULT_NOTES
     if not path.exists() and notes_from is not None and Path(notes_from).is_file():
-        match = _NOTES.search(Path(notes_from).read_text())
-        notes = Path(notes_from).read_text()[match.start() :] if match else notes
+        committed = Path(notes_from).read_text()
+        match = _NOTES.search(committed)
+        notes = committed[match.start() :] if match else notes
     if path.exists():
         old = path.read_text()
         match = _NOTES.search(old)

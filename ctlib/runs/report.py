@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ctlib import paths
@@ -31,10 +30,7 @@ def output_lines(run_dir: Path) -> list[str]:
     record = record_io.read_record(run_dir)
     notebook = run_dir / (record.output_notebook or "")
     metrics = run_dir / "metrics.json"
-    try:
-        n_metrics = len(json.loads(metrics.read_text()))
-    except (OSError, ValueError, TypeError):
-        n_metrics = 0
+    n_metrics = len(record_io.read_json_object(metrics))
     figures = figures_of(run_dir)
     status = record.status + (f": {record.error}" if record.error else "")
     rows = [

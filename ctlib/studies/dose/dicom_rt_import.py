@@ -13,7 +13,7 @@ from pathlib import Path
 from ctlib.data import body_mask
 from ctlib.errors import CTInputError
 from ctlib.io import dicom_read
-from ctlib.io.dicom_rt import RTStructureSet, ct_frame_of_reference, read_rtdose, read_rtstruct
+from ctlib.io.dicom_rt import RTStructureSet, read_rtdose, read_rtstruct
 from ctlib.io.openkbp import OpenKBPPatient
 from ctlib.io.volume import Volume
 from ctlib.studies.dose import structure_names
@@ -43,13 +43,10 @@ def read_rt_patient(
     share the CT series' Frame of Reference.
     """
     ct = dicom_read.read_dicom_series(ct_folder)
-    series = dicom_read.list_series(ct_folder)
-    frame = ct_frame_of_reference(series[0].files[0]) if series else None
-    if frame is None:
+    if not ct.meta.get("frame_of_reference_uid"):
         raise CTInputError(
             ct_folder, "the CT series has no FrameOfReferenceUID: RT objects cannot be matched to it"
         )
-    ct.meta["frame_of_reference_uid"] = frame
     structures = read_structures(rtstruct, ct)
     dose_gy = read_rtdose(rtdose, ct)
     ct.meta["unmatched_roi_names"] = structures.unmatched

@@ -11,7 +11,6 @@ read here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from torch import nn
 from ctlib.data import windows
 from ctlib.errors import CTInputError
 from ctlib.models import run_checkpoint
+from ctlib.runs import record
 from ctlib.studies.dose import model_io
 from ctlib.studies.dose.patient_file import SDF_CLIP_MM
 
@@ -73,9 +73,8 @@ class DoseRun(run_checkpoint.RunKind):
             raise CTInputError(path, f"unusable dose checkpoint ({type(err).__name__}: {err})") from None
         norm, extra = ckpt["normalization"], ckpt["extra"]
         run_dir = run_checkpoint.run_folder(path)
-        params_file = run_dir / "params.json" if run_dir is not None else None
-        parameters = (json.loads(params_file.read_text()).get("parameters", {})
-                      if params_file is not None and params_file.is_file() else {})
+        parameters = (record.read_json_object(run_dir / "params.json").get("parameters", {})
+                      if run_dir is not None else {})
         return cls(
             module=module.to(map_location).eval().requires_grad_(False), model_config=ckpt["config"]["model"],
             normalization=norm, window=window, sdf_clip_mm=float(norm.get("sdf_clip_mm", SDF_CLIP_MM)),

@@ -246,8 +246,9 @@ def sample_latents(
 
 
 def _running_mean(mean: np.ndarray | None, x: np.ndarray, count: int) -> np.ndarray:
-    """The mean of ``count`` arrays from the mean of the first ``count - 1`` and the last one, ``x``."""
-    return x if mean is None else mean + (x - mean) / count
+    """The mean of ``count`` arrays from the mean of the first ``count - 1`` and the last one, ``x``
+    (a new array: never ``x`` itself, which the caller may change in place)."""
+    return x.copy() if mean is None else mean + (x - mean) / count
 
 
 @dataclasses.dataclass
@@ -321,7 +322,7 @@ def interpolate_volume(
         hu = codec.decode(latents[0], thick.shape[1:])
         del latents
         if opts.return_raw:
-            raw_mean = _running_mean(raw_mean, hu.copy(), k + 1)
+            raw_mean = _running_mean(raw_mean, hu, k + 1)
         before_mean = _running_mean(before_mean, block_means(hu, blocks), k + 1)
         if opts.data_consistency:
             project_consistent(hu, thick.array, blocks)

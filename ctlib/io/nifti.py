@@ -6,9 +6,8 @@ NIfTI stores the array as ``(i, j, k)`` = (x, y, z) with an index -> RAS affine;
 
 from __future__ import annotations
 
-import io
+import gzip
 import os
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -17,84 +16,51 @@ import numpy as np
 
 from ctlib.atomic import atomic_path
 from ctlib.errors import CTInputError
+from ctlib.io import nifti_header
 from ctlib.io.volume import LPS_TO_RAS, Volume, from_index_to_lps
 
 AIR_HU = -1024.0
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+GZIP_LEVEL = 1  # nibabel's default: fast, and CT compresses well at any level
 
 
-def _load_image(path: str | os.PathLike) -> nib.spatialimages.SpatialImage:
-    path = Path(path)
+def _load(path: Path) -> tuple[nib.Nifti1Header, bytes, list[str]]:
+    """Header and content of a NIfTI file, validated; the content read only as far as the voxels go.
+
+    Returns the header, the bytes up to the end of the voxel data and nibabel's remarks on the header.
+    """
     if not path.is_file():
         raise CTInputError(path, "no such file")
-    try:
-        return nib.load(str(path))
-    except Exception as err:  # nibabel raises several types for foreign or broken files
-        raise CTInputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        raise CTInputError(path, "not a NIfTI file name (.nii or .nii.gz)")
+    prefix, _ = nifti_header.read_prefix(path, max(nifti_header.HEADER_BYTES))
+    header = nifti_header.parse_header(prefix, path)
+    n_bytes = nifti_header.validate_header(header, path)
+    notes = nifti_header.nibabel_remarks(header, path)
+    buffer, trailing = nifti_header.read_prefix(path, n_bytes)
+    if len(buffer) < n_bytes:
+        offset, dtype = int(header["vox_offset"]), header.get_data_dtype()
+        count = (n_bytes - offset) // dtype.itemsize
+        raise CTInputError(
+            path, f"voxel data truncated: {max(len(buffer) - offset, 0)} bytes for {count} voxels of {dtype}"
+        )
+    if trailing:
+        notes.append("bytes after the voxel data were not read")
+    return header, buffer, notes
 
 
-def _xyz_array(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> np.ndarray:
-    """The stored voxel values as an ``(x, y, z)`` array (scaled by scl_slope/inter if set)."""
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise CTInputError(path, f"expected a 3-D volume, found shape {img.shape}")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as err:  # truncated gzip, short file
-        raise CTInputError(path, f"voxel data unreadable ({type(err).__name__}: {err})") from None
-    return data.reshape(shape)
-
-
-def _decompress(path: Path) -> bytes:
-    """The whole file, gunzipped in one call (nibabel's chunked stream is about 2x slower)."""
-    raw = path.read_bytes()
-    if not path.name.endswith(".gz"):
-        return raw
-    parts = []
-    try:
-        while raw:  # a .gz file may hold several members
-            stream = zlib.decompressobj(wbits=31)
-            parts.append(stream.decompress(raw))
-            if not stream.eof:
-                raise zlib.error("the gzip stream ends early (truncated file)")
-            raw = stream.unused_data
-    except zlib.error as err:
-        raise CTInputError(path, f"voxel data unreadable (gzip: {err})") from None
-    return b"".join(parts)
-
-
-def _header(buffer: bytes, path: Path) -> nib.Nifti1Header:
-    """NIfTI-1 or NIfTI-2 header, told apart by sizeof_hdr (348 or 540) in either byte order."""
-    size = buffer[:4]
-    for header_class, expected in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
-        if size in (expected.to_bytes(4, "little"), expected.to_bytes(4, "big")):
-            try:
-                return header_class.from_fileobj(io.BytesIO(buffer[:expected]), check=True)
-            except Exception as err:  # nibabel raises HeaderDataError and friends
-                raise CTInputError(path, f"bad NIfTI header ({err})") from None
-    raise CTInputError(path, "not a NIfTI-1 or NIfTI-2 file (unknown header size)")
-
-
-def _voxels_zyx(header: nib.Nifti1Header, buffer: bytes, path: Path) -> np.ndarray:
-    """The stored voxels as a ``(z, y, x)`` float32 array, scaled by scl_slope / scl_inter.
-
-    NIfTI stores x fastest, so the raw buffer read in C order is already ``(z, y, x)``: no transpose.
-    """
-    shape = header.get_data_shape()
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise CTInputError(path, f"expected a 3-D volume, found shape {header.get_data_shape()}")
-    dtype = header.get_data_dtype()
+def _stored_zyx(header: nib.Nifti1Header, buffer: bytes) -> np.ndarray:
+    """The stored voxels as a ``(z, y, x)`` array of the file's dtype (NIfTI stores x fastest)."""
+    shape = header.get_data_shape()[:3]
     count = int(np.prod(shape))
     offset = int(header["vox_offset"])
-    if len(buffer) < offset + count * dtype.itemsize:
-        raise CTInputError(
-            path, f"voxel data truncated: {len(buffer) - offset} bytes for {count} voxels of {dtype}"
-        )
-    stored = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape[::-1])
+    return np.frombuffer(buffer, dtype=header.get_data_dtype(), count=count, offset=offset).reshape(
+        shape[::-1]
+    )
+
+
+def _scaled(header: nib.Nifti1Header, stored: np.ndarray) -> np.ndarray:
+    """``stored * scl_slope + scl_inter`` as float32 (unscaled when the header sets no scaling)."""
     slope, inter = header.get_slope_inter()
     array = stored.astype(np.float32)
     if slope is not None and slope != 1:
@@ -116,13 +82,8 @@ def read_nifti(
     field, e.g. -2048) to -1024 HU, air; the number of such voxels is kept in ``meta``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CTInputError(path, "no such file")
-    if not path.name.endswith(NIFTI_SUFFIXES):
-        raise CTInputError(path, "not a NIfTI file name (.nii or .nii.gz)")
-    buffer = _decompress(path)
-    header = _header(buffer, path)
-    array = _voxels_zyx(header, buffer, path)
+    header, buffer, notes = _load(path)
+    array = _scaled(header, _stored_zyx(header, buffer))
     if not np.issubdtype(header.get_data_dtype(), np.integer) and not np.all(np.isfinite(array)):
         raise CTInputError(path, f"{int(np.sum(~np.isfinite(array)))} voxels are NaN or infinite")
     padded = 0
@@ -140,6 +101,7 @@ def read_nifti(
         source=str(path),
         stored_dtype=str(header.get_data_dtype()),
         voxels_filled_to_air=padded,
+        **({"header_notes": notes} if notes else {}),
     )
     return volume
 
@@ -149,17 +111,21 @@ def read_nifti_labels(path: str | os.PathLike, like: Volume | None = None) -> np
 
     With ``like``, the label grid must have the same shape and geometry as that volume.
     """
-    img = _load_image(path)
-    data = _xyz_array(img, path)
+    path = Path(path)
+    header, buffer, _ = _load(path)
+    data = _stored_zyx(header, buffer)
+    slope, inter = header.get_slope_inter()
+    if slope not in (None, 1) or inter not in (None, 0):
+        data = _scaled(header, data)
     if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.equal(np.mod(data, 1), 0)):
+        if not np.all(np.isfinite(data)) or not np.all(np.equal(np.mod(data, 1), 0)):
             raise CTInputError(path, "label map holds non-integer values")
         data = data.astype(np.int32)
-    labels = np.ascontiguousarray(data.transpose(2, 1, 0))
+    labels = np.ascontiguousarray(data)
     if like is not None:
         if labels.shape != like.shape:
             raise CTInputError(path, f"label map shape {labels.shape} differs from the volume's {like.shape}")
-        if not np.allclose(img.affine, like.index_to_ras(), atol=1e-3):
+        if not np.allclose(header.get_best_affine(), like.index_to_ras(), atol=1e-3):
             raise CTInputError(path, "label map geometry (affine) differs from the volume's")
     return labels
 
@@ -189,10 +155,9 @@ def write_nifti(
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    with atomic_path(path) as tmp:
-        # nibabel picks compression from the suffix, so the temporary keeps it.
-        named = tmp.with_name(tmp.name + suffix)
-        nib.save(img, str(named))
-        os.replace(named, tmp)
+    content = img.to_bytes()
+    if path.name.endswith(".gz"):  # nibabel's level; mtime 0 so equal volumes give equal files
+        content = gzip.compress(content, compresslevel=GZIP_LEVEL, mtime=0)
+    with atomic_path(path) as tmp:  # one temporary, removed on any error (disk full included)
+        tmp.write_bytes(content)
     return path

@@ -1,4 +1,5 @@
-"""Property tests (hypothesis): a DICOM series written by ctlib reads back with the same geometry.
+"""Property tests (hypothesis): DICOM series and NIfTI files written by ctlib read back with the same
+voxels and geometry.
 
 For random shapes, spacings, origins and orientations (any rotation, with or without a flip of the
 slice axis), integer HU in the int16 range and a few wider ranges: ``write_dicom_series`` then
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from ctlib.io.dicom_read import read_dicom_series
 from ctlib.io.dicom_write import write_dicom_series
+from ctlib.io.nifti import read_nifti, write_nifti
 from ctlib.io.volume import Volume
 
 PROFILE = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -77,3 +79,15 @@ def test_dicom_round_trip_keeps_voxels_and_geometry(volume: Volume) -> None:
         expected, points = volume.array[::-1], _lps_points(volume)[::-1]
     assert np.array_equal(back.array, expected)
     assert np.allclose(_lps_points(back), points, atol=1e-3)
+
+
+@PROFILE
+@given(volumes(), st.sampled_from([".nii", ".nii.gz"]))
+def test_nifti_round_trip_keeps_voxels_and_geometry(volume: Volume, suffix: str) -> None:
+    """NIfTI keeps the slice order as written, so the arrays and affines compare directly."""
+    with tempfile.TemporaryDirectory() as tmp:
+        back = read_nifti(write_nifti(volume, Path(tmp) / f"v{suffix}"), fill_below_air=False)
+    assert back.shape == volume.shape
+    assert np.array_equal(back.array, volume.array)
+    assert np.allclose(back.index_to_lps(), volume.index_to_lps(), atol=1e-3)
+    assert np.allclose(back.spacing, volume.spacing, atol=1e-5)

@@ -40,13 +40,14 @@ def volume_info(path: str, series_uid: str | None = None) -> dict[str, Any]:
 def _cmd_info(args: argparse.Namespace) -> int:
     try:
         info = volume_info(args.path, series_uid=args.series)
+        line = json.dumps(info, allow_nan=False)  # a NaN would make the line invalid JSON
     except Exception as err:  # any failure to read is bad input here: one line, no traceback
         from ctlib.errors import CTInputError
 
         line = str(err) if isinstance(err, CTInputError) else f"{args.path}: {type(err).__name__}: {err}"
         print(f"ctlib info: {' '.join(line.split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(json.dumps(info))
+    print(line)
     return 0
 
 

@@ -17,6 +17,7 @@ import yaml
 from ctlib import cli, paths
 from ctlib.data import phantom
 from ctlib.io import dicom_write, nifti
+from ctlib.io.volume import Volume
 
 
 def _ctlib(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -145,3 +146,23 @@ def test_info_picks_a_series_from_a_folder_with_two(tmp_path, capsys):
     uid = pydicom.dcmread(next((tmp_path / "mixed" / "a").iterdir())).SeriesInstanceUID
     assert cli.main(["info", str(tmp_path / "mixed"), "--series", uid]) == 0
     assert json.loads(capsys.readouterr().out)["shape"] == [4, 16, 16]
+
+
+def test_info_never_prints_invalid_json(tmp_path, capsys, monkeypatch):
+    """A value that is not finite is refused in one line; before, ``ctlib info`` printed NaN (not JSON)."""
+    broken = {"path": "v.nii", "hu_min": float("nan")}
+    monkeypatch.setattr(cli, "volume_info", lambda path, series_uid=None: broken)
+    assert cli.main(["info", str(tmp_path / "v.nii")]) == cli.EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "v.nii" in err and "JSON" in err
+
+
+def test_info_names_a_corrupt_first_slice(tmp_path, capsys):
+    """Issue 11's criterion: a DICOM folder whose first slice is corrupt is refused by that file's name."""
+    volume = Volume(np.zeros((4, 16, 16), np.float32), spacing=(2.0, 1.0, 1.0))
+    folder = dicom_write.write_dicom_series(volume, tmp_path / "series")
+    first = sorted(folder.iterdir())[0]
+    first.write_bytes(first.read_bytes()[:200])
+    assert cli.main(["info", str(folder)]) == cli.EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and first.name in err

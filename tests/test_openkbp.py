@@ -77,8 +77,10 @@ def test_npz_refusals(tmp_path):
     with pytest.raises(CTInputError, match="missing keys"):
         openkbp.read_openkbp(tmp_path / "x.npz")
     fields = dict(
-        ct=np.zeros((128, 128, 64), np.int16), possible_dose_mask=np.zeros((128, 128, 64), bool),
-        structure_masks=np.zeros((10, 128, 128, 64), bool), roi_names=np.asarray(openkbp.ROI_NAMES),
+        ct=np.zeros((128, 128, 64), np.int16),
+        possible_dose_mask=np.zeros((128, 128, 64), bool),
+        structure_masks=np.zeros((10, 128, 128, 64), bool),
+        roi_names=np.asarray(openkbp.ROI_NAMES),
         voxel_size_mm=np.array([4.0, 4.0, 2.5], np.float32),
     )
     np.savez(tmp_path / "y.npz", **fields)
@@ -105,6 +107,7 @@ def test_shared_patient_shapes_hu_and_orientation(data_root):
     assert patient.dose_gy.max() == pytest.approx(72.783, abs=1e-3)
     assert np.all(patient.dose_gy[~patient.possible_dose_mask] == 0)
     assert set(patient.missing_structures) == {"Larynx"}
+
     # Geometry: the brainstem lies superior (+z in LPS) of the oesophagus, the mandible anterior (-y) of the
     # cord.
     def centre_lps(name):
@@ -136,3 +139,45 @@ def test_shared_npz_equals_csv_layout(data_root, tmp_path):
     np.testing.assert_array_equal(from_npz.ct.array, from_csv.ct.array)
     np.testing.assert_allclose(from_npz.dose_gy, from_csv.dose_gy, atol=1e-3)
     assert sorted(from_npz.structures) == sorted(from_csv.structures)
+
+
+def _npz_fields(**changes):
+    fields = dict(
+        ct=np.full(openkbp.GRID, 1000, np.int16),
+        possible_dose_mask=np.ones(openkbp.GRID, bool),
+        structure_masks=np.zeros((10, *openkbp.GRID), bool),
+        roi_names=np.asarray(openkbp.ROI_NAMES),
+        voxel_size_mm=np.array([4.0, 4.0, 2.5], np.float32),
+    )
+    return {**fields, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"structure_masks": np.zeros((10, 128, 128, 64), bool)},
+            r"structure_masks has shape \(10, 128, 128, 64\)",
+        ),
+        ({"structure_masks": np.zeros((9, *openkbp.GRID), bool)}, r"structure_masks has shape \(9, 128"),
+        ({"roi_present": np.ones(3, bool)}, r"roi_present has shape \(3,\)"),
+        (
+            {"ct": np.where(np.eye(128, dtype=bool)[..., None], np.nan, np.ones(openkbp.GRID))},
+            r"ct holds 16384 NaN",
+        ),
+        ({"ct": np.full(openkbp.GRID, np.inf, np.float32)}, r"ct holds 2097152 NaN or infinite"),
+    ],
+)
+def test_npz_wrong_mask_shape_and_nan_ct_are_refused(tmp_path, changes, message):
+    """Before: masks of the wrong shape loaded (or failed deep inside zip), a NaN CT loaded as NaN HU."""
+    np.savez(tmp_path / "p.npz", **_npz_fields(**changes))
+    with pytest.raises(CTInputError, match=rf"p\.npz: {message}"):
+        openkbp.read_openkbp(tmp_path / "p.npz")
+
+
+def test_csv_nan_ct_is_refused(tmp_path):
+    """Before: the CSV CT was parsed as int32, and 'nan' became -2147483648 clipped to -1024 HU."""
+    folder, *_ = _fake_patient(tmp_path)
+    (folder / "ct.csv").write_text(",data\n5,nan\n6,1000\n")
+    with pytest.raises(CTInputError, match=r"ct\.csv: ct holds 1 NaN"):
+        openkbp.read_openkbp(folder)

@@ -74,6 +74,27 @@ def _check_grid(array: np.ndarray, name: str, source: Path) -> None:
         raise CTInputError(source, f"{name} has shape {array.shape}, expected {GRID}")
 
 
+def _check_ct(ct: np.ndarray, source: Path) -> None:
+    """A CT must be finite: a NaN would pass the clip to [0, 4095] unchanged and poison every mean."""
+    if not np.issubdtype(ct.dtype, np.number) or np.issubdtype(ct.dtype, np.complexfloating):
+        raise CTInputError(source, f"ct has dtype {ct.dtype}, expected real numbers")
+    if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
+        raise CTInputError(source, f"ct holds {int(np.sum(~np.isfinite(ct)))} NaN or infinite voxels")
+
+
+def _check_structures(masks: np.ndarray, names: np.ndarray, present: np.ndarray | None, source: Path) -> None:
+    """``structure_masks`` is one 128^3 mask per ROI name (and per ``roi_present`` flag)."""
+    if names.ndim != 1:
+        raise CTInputError(source, f"roi_names has shape {names.shape}, expected one name per structure")
+    expected = (len(names), *GRID)
+    if masks.shape != expected:
+        raise CTInputError(
+            source, f"structure_masks has shape {masks.shape}, expected {expected} (one mask per ROI name)"
+        )
+    if present is not None and present.shape != (len(names),):
+        raise CTInputError(source, f"roi_present has shape {present.shape}, expected ({len(names)},)")
+
+
 def _check_dose(dose: np.ndarray, source: Path) -> None:
     if not np.all(np.isfinite(dose)):
         raise CTInputError(source, f"dose holds {int(np.sum(~np.isfinite(dose)))} NaN or infinite voxels")
@@ -88,7 +109,9 @@ def read_openkbp_npz(path: str | os.PathLike) -> OpenKBPPatient:
                       "an OpenKBP patient file")
     patient_id = str(fields.get("patient_id", path.stem))
     _check_grid(fields["ct"], "ct", path)
+    _check_ct(fields["ct"], path)
     _check_grid(fields["possible_dose_mask"], "possible_dose_mask", path)
+    _check_structures(fields["structure_masks"], fields["roi_names"], fields.get("roi_present"), path)
     dose = fields.get("dose_gy")
     if dose is not None:
         _check_grid(dose, "dose_gy", path)
@@ -147,7 +170,8 @@ def read_openkbp_folder(folder: str | os.PathLike, split: str | None = None) -> 
         voxel_mm = np.loadtxt(folder / "voxel_dimensions.csv", dtype=np.float64)
     except ValueError as err:
         raise CTInputError(folder / "voxel_dimensions.csv", f"unreadable voxel size ({err})") from None
-    ct = _read_sparse_csv(folder / "ct.csv", np.int32)
+    ct = _read_sparse_csv(folder / "ct.csv", np.float64)
+    _check_ct(ct, folder / "ct.csv")
     dose = None
     if (folder / "dose.csv").is_file():
         dose = _read_sparse_csv(folder / "dose.csv", np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,26 @@ def save_checkpoint(
     return path
 
 
+_BLOCKED = re.compile(r"(?:unsupported|Unsupported) (?:GLOBAL|global:?) (?:GLOBAL )?([\w.]+)")
+
+
+def _load_failure(err: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in one line, without torch's advice to unpickle.
+
+    A pickle that calls anything outside tensors and plain containers (code, e.g. ``posix.system``)
+    is named as blocked: ctlib never loads with ``weights_only=False``.
+    """
+    text = str(err)
+    blocked = _BLOCKED.search(text)
+    if blocked:
+        return (
+            f"it holds pickled code ({blocked.group(1)}), which ctlib never runs: checkpoints are read with "
+            "weights_only=True only; re-save it from the code that wrote it as tensors and plain values"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(err).__name__}: {lines[0][:300] if lines else 'unreadable'}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; ``CTInputError`` for a missing,
     corrupt or incomplete file."""
@@ -170,10 +191,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = [line for line in lines if "WeightsUnpickler error" in line] or lines[:1]
-        message = detail[0][:300] if detail else ""
-        raise CTInputError(path, f"not a readable checkpoint ({type(err).__name__}: {message})") from None
+        raise CTInputError(path, f"not a readable checkpoint ({_load_failure(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CTInputError(path, f"not a ctlib checkpoint: expected format {FORMAT!r}, found {found!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import os
 import random
 
 import numpy as np
@@ -133,3 +134,21 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"format": checkpoint.FORMAT, "payload": fractions.Fraction(1, 3)}, tmp_path / "evil.pt")
     with pytest.raises(CTInputError, match="WeightsUnpickler|not a readable"):
         checkpoint.load_checkpoint(tmp_path / "evil.pt")
+
+
+class _RunsCode:
+    """A pickle that would call a function on load (harmless here: os.getcwd)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_pickled_code_is_named_as_blocked_without_torchs_advice(tmp_path):
+    """Before: the refusal repeated torch's advice to re-run with weights_only=False."""
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "ctlib-checkpoint", "payload": _RunsCode()}, path)
+    with pytest.raises(CTInputError) as info:
+        checkpoint.load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable checkpoint (it holds pickled code (posix.getcwd)")
+    assert "weights_only=False" not in message and "\n" not in message

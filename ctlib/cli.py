@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
 
@@ -52,16 +52,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ctlib.runs import params as run_params
+
+    try:  # every check that needs no kernel first: a refusal takes well under a second
+        overrides = dict(run_params.parse_override(item) for item in args.param)
+        notebook = run_params.resolve_notebook_path(args.notebook)
+        run_params.resolve_parameters(notebook, args.parameter_set, overrides)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ctlib run: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
     from ctlib import runs
     from ctlib.runs import index as experiments_index
-    from ctlib.runs import params as run_params
     from ctlib.runs import report
 
-    try:
-        overrides = dict(run_params.parse_override(item) for item in args.param)
-    except ValueError as err:
-        print(f"ctlib run: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
         result = runs.run_notebook(
             args.notebook, parameter_set=args.parameter_set, overrides=overrides, raise_on_failure=False
@@ -131,9 +135,17 @@ def _study_clis() -> list[Any]:
     return [importlib.import_module(spec.name) for spec in found if spec is not None]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        line = f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)"
+        self.exit(EXIT_BAD_INPUT, line + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``ctlib`` command."""
-    parser = argparse.ArgumentParser(prog="ctlib", description=__doc__)
+    """The argument parser of the ``ctlib`` command (its subcommands' parsers are of the same class)."""
+    parser = OneLineParser(prog="ctlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="print one JSON line describing a CT volume")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import yaml
 
 from ctlib import paths
@@ -66,15 +66,17 @@ def notebook_defaults(notebook: str | Path) -> dict[str, Any]:
     kept as its source text, because it is only known once the kernel evaluates it.
     """
     path = resolve_notebook_path(notebook)
-    nb = nbformat.read(path, as_version=4)
-    cells = [c for c in nb.cells if c.cell_type == "code" and PARAMETERS_TAG in c.metadata.get("tags", [])]
+    cells = [
+        c for c in _notebook_cells(path)
+        if c.get("cell_type") == "code" and PARAMETERS_TAG in (c.get("metadata") or {}).get("tags", [])
+    ]
     if not cells:
         return {}
     if len(cells) > 1:
         raise ValueError(f"{path}: {len(cells)} cells are tagged {PARAMETERS_TAG!r}, expected one")
     # Magics and shell escapes are not Python; a parameters cell should not hold them anyway.
     source = "\n".join(
-        line for line in cells[0].source.splitlines() if not line.lstrip().startswith(("%", "!"))
+        line for line in _source(cells[0]).splitlines() if not line.lstrip().startswith(("%", "!"))
     )
     try:
         tree = ast.parse(source)
@@ -97,6 +99,25 @@ def notebook_defaults(notebook: str | Path) -> dict[str, Any]:
                 except ValueError:
                     defaults[target.id] = Expression(ast.get_source_segment(source, value))
     return defaults
+
+
+def _notebook_cells(path: Path) -> list[dict[str, Any]]:
+    """The cells of a notebook file (nbformat 4 JSON), read as plain JSON: nbformat's import and
+    schema validation cost over a second, and only the parameters cell is needed here."""
+    try:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable notebook ({type(err).__name__}: {err})") from None
+    cells = notebook.get("cells") if isinstance(notebook, dict) else None
+    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
+        raise ValueError(f"{path}: not a notebook (no list of cells; nbformat 4 expected)")
+    return cells
+
+
+def _source(cell: dict[str, Any]) -> str:
+    """A cell's source: nbformat 4 stores a string or a list of lines."""
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
 
 
 def params_root_default() -> Path:
@@ -197,7 +218,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"expected an override of the form name=value, found {text!r}")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ValueError(
+            f"override {key.strip()}={raw}: the value is not valid YAML ({problem}); "
+            "quote text, e.g. -P 'name=\"a b\"'"
+        ) from None
     return key.strip(), _yaml_float(value) if isinstance(value, str) else value
 
 

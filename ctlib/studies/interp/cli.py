@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+SAMPLER_NAMES = ("ddim", "ddpm")  # the keys of ctlib.diffusion.samplers.SAMPLERS (a test keeps them equal)
 
 
 class _BadInput(Exception):
@@ -67,13 +68,8 @@ def _write_volume(volume: Any, path: str, kind: str, description: str, reference
                                        reference=reference)
 
 
-def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
-    """``ctlib interpolate``: read, check, interpolate, write; ``_BadInput`` for unusable input."""
-    import numpy as np
-
-    from ctlib.io import reader
-    from ctlib.studies.interp import bundle, pipeline
-
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need no model and no volume: argument values, input and run present."""
     if not args.input or not args.output:
         raise _BadInput("expected IN and OUT: ctlib interpolate IN OUT --run RUN_ID [--factor N]")
     if not args.run:
@@ -82,16 +78,44 @@ def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
         raise _BadInput(f"--factor must be at least 2 (thin slices per thick slice), got {args.factor}")
     if args.samples < 1:
         raise _BadInput(f"--samples must be at least 1, got {args.samples}")
+    if args.steps < 1:
+        raise _BadInput(f"--steps must be at least 1, got {args.steps}")
     if args.std and args.samples < 2:
         raise _BadInput(f"{args.std}: an uncertainty map needs --samples 2 or more, got {args.samples}")
-    from ctlib.diffusion import samplers
-
-    if args.sampler not in samplers.SAMPLERS:
-        raise _BadInput(f"unknown sampler {args.sampler!r}; expected one of {sorted(samplers.SAMPLERS)}")
+    if args.sampler not in SAMPLER_NAMES:
+        raise _BadInput(f"unknown sampler {args.sampler!r}; expected one of {list(SAMPLER_NAMES)}")
+    if not Path(args.input).exists():
+        raise _BadInput(f"{args.input}: no such file or folder (IN: a DICOM folder or a NIfTI file)")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise _BadInput(f"{args.output}: OUT is the input; write the thin volume elsewhere")
+    _check_run(args.run)
+
+
+def _check_run(run: str) -> None:
+    """``--run`` names a file or folder, or a run folder with a record under the runs folder."""
+    from ctlib import paths
+
+    if Path(run).exists():
+        return
+    if run.endswith(".pt"):
+        raise _BadInput(f"{run}: no such checkpoint file (--run)")
+    if not (paths.runs_dir() / run / "run.json").is_file():
+        raise _BadInput(
+            f"--run {run!r}: no such run in {paths.runs_dir()} and no such file or folder "
+            f"(${paths.RUNS_ENV_VAR} sets the runs folder)"
+        )
+
+
+def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
+    """``ctlib interpolate``: read, check, interpolate, write; ``_BadInput`` for unusable input."""
+    _check_arguments(args)  # every cheap check first: a refusal imports no torch and takes well under 1 s
     out_kind = _output_kind(args.output, args.overwrite, "OUT")
     std_kind = _output_kind(args.std, args.overwrite, "--std") if args.std else None
+
+    import numpy as np
+
+    from ctlib.io import reader
+    from ctlib.studies.interp import bundle, pipeline
 
     thick = reader.read_volume(args.input, series_uid=args.series)
     if thick.modality != "CT":

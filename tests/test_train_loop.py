@@ -280,3 +280,28 @@ def test_config_validation_and_schedules():
     schedule = lr_schedules.WarmupCosine(warmup_steps=2, total_steps=10, min_ratio=0.1)
     assert [round(schedule(s), 4) for s in (0, 1, 2, 10)] == [0.5, 1.0, 1.0, 0.1]
     assert lr_schedules.Constant(4)(1) == 0.5 and lr_schedules.Constant()(0) == 1.0
+
+
+def test_clock_checkpoint_before_the_end_when_checkpoint_every_exceeds_the_steps(tmp_path):
+    """Issue 11: the default VAE run (200 steps, checkpoint_every 500) wrote nothing a killed run could
+    resume from. With ``checkpoint_minutes`` a checkpoint exists at the first log step past the clock."""
+    path = tmp_path / "clock.pt"
+    steps_on_disk = []
+
+    def watch(record, model):
+        steps_on_disk.append(checkpoint.load_checkpoint(path)["extra"]["step"] if path.exists() else None)
+
+    clocked = config(steps=8, log_every=2, checkpoint_every=500, checkpoint_minutes=1e-9)
+    loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), clocked,
+               checkpoint_path=path, normalization=NORMALIZATION, callback=watch)
+    # the first log step past the clock saves (after its callback); later ones wait for 20x the save time
+    assert steps_on_disk[:2] == [None, 2] and set(steps_on_disk[2:]) <= {2, 4, 6}
+    assert checkpoint.load_checkpoint(path)["extra"]["step"] == 8
+    steps_on_disk.clear()
+    off = config(steps=8, log_every=2, checkpoint_every=500, checkpoint_minutes=0)
+    loop.train(make_model(), mse, BatchStream(Regression(), batch_size=4, seed=7), off,
+               checkpoint_path=tmp_path / "off.pt", normalization=NORMALIZATION,
+               callback=lambda record, model: steps_on_disk.append((tmp_path / "off.pt").exists()))
+    assert steps_on_disk == [False, False, False, False]
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        loop.TrainConfig(checkpoint_minutes=-1)

@@ -51,6 +51,9 @@ class TrainConfig(ConfigDict):
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     log_every: int = 10  # steps per history record (metrics averaged over them)
     checkpoint_every: int = 100  # steps per checkpoint (one file, replaced atomically)
+    # also checkpoint at the first log step this many minutes after the last checkpoint (or the start), so
+    # a run killed early can resume even when checkpoint_every exceeds its steps; 0 = steps only
+    checkpoint_minutes: float = 0.25
     seed: int = 0
     device: str = "auto"  # "auto": cuda:LOCAL_RANK if available, else cpu
     # wall-clock budget: stop (after a checkpoint) at the first log step past it; 0 = none
@@ -62,9 +65,12 @@ class TrainConfig(ConfigDict):
         for name in ("batch_size", "grad_accum_steps", "log_every", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.steps < 0 or self.lr <= 0 or self.grad_clip < 0 or self.max_minutes < 0:
+        times = (self.max_minutes, self.checkpoint_minutes)
+        if self.steps < 0 or self.lr <= 0 or self.grad_clip < 0 or min(times) < 0:
             raise ValueError(
-                f"TrainConfig: need steps >= 0, lr > 0, grad_clip >= 0, max_minutes >= 0; got {self}"
+                "TrainConfig: need steps >= 0, lr > 0, grad_clip >= 0, max_minutes >= 0, "
+                "checkpoint_minutes >= 0; "
+                f"got {self}"
             )
         self.betas = tuple(float(b) for b in self.betas)
 
@@ -222,7 +228,10 @@ def train(
     net = torch.compile(ddp) if config.compile else ddp
     provenance = checkpoint.provenance() if world.is_main else None
 
+    saved = {"at": time.perf_counter(), "seconds": 0.0}
+
     def save() -> None:
+        started = time.perf_counter()
         rngs = distributed.gather_objects(checkpoint.capture_rng(), world)
         if world.is_main:
             checkpoint.save_checkpoint(
@@ -241,10 +250,19 @@ def train(
                 provenance_record=provenance,
             )
         distributed.barrier(world)
+        saved["at"] = time.perf_counter()
+        saved["seconds"] = saved["at"] - started
+
+    def checkpoint_due(now: float) -> bool:
+        """Time for a checkpoint by the clock: ``checkpoint_minutes`` since the last one, and at least
+        20 times the last save's duration, so saving never takes more than about 5% of the run."""
+        if config.checkpoint_minutes <= 0:
+            return False
+        return now - saved["at"] >= max(60.0 * config.checkpoint_minutes, 20.0 * saved["seconds"])
 
     accum = config.grad_accum_steps
     sums: dict[str, torch.Tensor] = {}
-    n_logged, t_log, stop = 0, time.perf_counter(), False
+    n_logged, t_log, stop, save_by_clock = 0, time.perf_counter(), False, False
     deadline = t_log + 60.0 * config.max_minutes if config.max_minutes > 0 else float("inf")
     while step < config.steps and not stop:
         net.train()
@@ -280,11 +298,12 @@ def train(
         if step % config.log_every == 0 or step == config.steps:
             now = time.perf_counter()
             # reduced with the metrics: every rank stops together
-            past = {"_past_deadline": float(now > deadline)}
+            clock = {"_past_deadline": float(now > deadline), "_checkpoint_due": float(checkpoint_due(now))}
             means = distributed.all_reduce_mean(
-                {**{k: float(v) / n_logged for k, v in sums.items()}, **past}, world
+                {**{k: float(v) / n_logged for k, v in sums.items()}, **clock}, world
             )
             out_of_time = means.pop("_past_deadline") > 0
+            save_by_clock = means.pop("_checkpoint_due") > 0
             record = {"step": step, "lr": lr, **means, "seconds_per_step": (now - t_log) / n_logged}
             history.append(record)
             sums, n_logged, t_log = {}, 0, now
@@ -292,6 +311,7 @@ def train(
                 stop = True
             if out_of_time:
                 stop = True
-        if stop or step % config.checkpoint_every == 0 or step == config.steps:
+        if stop or step % config.checkpoint_every == 0 or step == config.steps or save_by_clock:
             save()
+            save_by_clock = False
     return history

@@ -83,7 +83,7 @@ mutation: venv
 	$(VENV)/bin/mutmut results | grep -v ': not checked$$' || true  # survivors, timeouts
 
 index: venv
-	$(VENV)/bin/ctlib index
+	$(VENV)/bin/ctlib index --committed
 
 lint: venv
 	$(PY) -m ruff check ctlib tests bench conftest.py

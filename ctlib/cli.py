@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_BAD_INPUT = 2
@@ -87,7 +88,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_index(args: argparse.Namespace) -> int:
     from ctlib.runs import index as experiments_index
 
-    path = experiments_index.write_index()
+    if args.committed:  # the tracked index of this checkout: what `ctlib archive` keeps
+        path = experiments_index.write_index()
+    elif args.output:
+        committed = experiments_index.default_index_path()
+        path = experiments_index.write_index(Path(args.output), notes_from=committed)
+    else:  # next to the runs folder it describes: never a tracked file
+        path = experiments_index.write_local_index()
     print(path)
     return 0
 
@@ -159,7 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-P", "--param", action="append", default=[], metavar="KEY=VALUE", help="override")
     run.set_defaults(func=_cmd_run)
 
-    index = sub.add_parser("index", help="regenerate EXPERIMENTS_INDEX.md from runs/ and experiments/")
+    index = sub.add_parser(
+        "index", help="write the index of runs/ and experiments/ (default: INDEX.md in the runs folder)"
+    )
+    where = index.add_mutually_exclusive_group()
+    where.add_argument("--output", metavar="PATH", help="write the index here instead")
+    where.add_argument(
+        "--committed", action="store_true", help="regenerate this checkout's tracked EXPERIMENTS_INDEX.md"
+    )
     index.set_defaults(func=_cmd_index)
 
     keep = sub.add_parser("archive", help="keep completed runs in git: a light copy in experiments/<run_id>/")

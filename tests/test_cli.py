@@ -109,9 +109,15 @@ def test_run_and_index(tmp_path, monkeypatch, capsys):
     recorded = json.loads((run / "params.json").read_text())["parameters"]
     assert recorded == {"alpha": 5, "label": "b"}
     assert json.loads((run / "metrics.json").read_text()) == {"twice": 10.0}
-    assert cli.main(["index"]) == 0
-    text = index.read_text()
+    (paths.runs_dir() / "INDEX.md").unlink()
+    assert cli.main(["index"]) == 0  # by default next to the runs folder it describes (issue 11)
+    assert not index.exists()
+    text = (paths.runs_dir() / "INDEX.md").read_text()
     assert run.name in text and "twice=10" in text and "## Notes" in text
+    assert cli.main(["index", "--output", str(tmp_path / "elsewhere.md")]) == 0
+    assert run.name in (tmp_path / "elsewhere.md").read_text() and not index.exists()
+    assert cli.main(["index", "--committed"]) == 0
+    assert run.name in index.read_text()
 
 
 @pytest.mark.realdata

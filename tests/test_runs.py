@@ -138,7 +138,7 @@ def test_run_dir_of_refuses_unknown_and_unfinished_runs():
     crashed = paths.runs_dir() / "20260101-000000_toy_dead"
     crashed.mkdir()
     (crashed / "run.json").write_text(json.dumps({"status": "running", "notebook_stem": TOY_STEM}))
-    with pytest.raises(RuntimeError, match="status 'running', expected 'completed'"):
+    with pytest.raises(RuntimeError, match="status 'running or killed', expected 'completed'"):
         runs.run_dir_of(crashed.name)
     assert runs.run_dir_of(crashed.name, require_completed=False) == crashed
     assert runs.latest_run("toy") is None and runs.latest_run("toy", status=None) == crashed.name

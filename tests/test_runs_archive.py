@@ -94,7 +94,7 @@ def test_archive_round_trip_keeps_the_light_record_only(runs_copy, tmp_path):
     text = experiments_index.write_index(tmp_path / "INDEX.md").read_text()
     (row,) = [line for line in text.splitlines() if line.startswith("| `")]
     assert f"`{run_id}`" in row and "| completed |" in row and "| experiments/ | psnr_db=30.5 |" in row
-    assert "1 runs (1 completed, 0 failed, 0 running or killed; 1 archived, 0 lost)" in text
+    assert "1 runs (1 completed, 0 failed, 0 running, 0 killed; 1 archived, 0 lost)" in text
 
 
 def test_archive_refuses_unknown_unfinished_and_existing_runs(runs_copy):

@@ -178,7 +178,7 @@ def test_index_merges_runs_and_archive_once_each(tmp_path):
         ["| experiments/ |" in rows[0], "| runs/, experiments/ |" in rows[1], "| runs/ |" in rows[2]]
         == [True] * 3
     )
-    assert "3 runs (3 completed, 0 failed, 0 running or killed; 2 archived, 0 lost)" in text
+    assert "3 runs (3 completed, 0 failed, 0 running, 0 killed; 2 archived, 0 lost)" in text
     assert "Lost runs" not in text
 
 

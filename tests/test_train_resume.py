@@ -43,3 +43,23 @@ def test_resume_refuses_a_missing_run_or_checkpoint(tmp_path):
     with pytest.raises(CTInputError, match="no checkpoint to resume from"):
         resume.resume_from(empty.name, target)
     assert not target.exists()
+
+
+def test_resumed_run_names_the_run_it_resumed(tmp_path):
+    """Issue 11: the new run's run.json and the index say which run it continued."""
+    from ctlib.runs import index as experiments_index
+    from ctlib.runs import record as record_io
+
+    killed = _run("20261123-000000_vae_dead", "failed")
+    checkpoint.save_checkpoint(
+        checkpoint.checkpoint_file(killed, "vae"), model_state={"w": torch.ones(2)}, config={},
+        normalization={}, extra={"step": 3}, rng_state=False,
+    )
+    new = _run("20261123-000001_vae_new", "completed")
+    resume.resume_from(killed.name, checkpoint.checkpoint_file(new, "vae"))
+    resumed = record_io.read_record(new).resumed_from
+    assert resumed == {"run_id": killed.name, "checkpoint": "checkpoints/vae.pt"}
+    table = experiments_index.render_table(experiments_index.build_index(paths.runs_dir(), tmp_path / "none"))
+    assert f"completed (resumed from {killed.name})" in table
+    rows = {row["run_id"]: row for row in experiments_index.parse_table(table)}
+    assert rows[new.name]["status"] == "completed"

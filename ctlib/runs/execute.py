@@ -17,12 +17,13 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ctlib import atomic, paths
+from ctlib import atomic, paths, provenance
 from ctlib.runs.context import RUN_DIR_ENV_VAR, RUN_ID_ENV_VAR, current_run_dir, new_run_id, short_name
 from ctlib.runs.params import (
     RUN_ID_PARAMETER,
@@ -31,7 +32,7 @@ from ctlib.runs.params import (
     resolve_notebook_path,
     resolve_parameters,
 )
-from ctlib.runs.record import RECORD_FILE, RunRecord, Status
+from ctlib.runs.record import HEARTBEAT_S, RECORD_FILE, RunRecord, Status, locked, update_record
 from ctlib.runs.report import display_path
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -127,7 +128,7 @@ def run_notebook(
 
     error: BaseException | None = None
     try:
-        with _kernel_environment(run_dir, run_id):
+        with _kernel_environment(run_dir, run_id), _Heartbeat(run_dir):
             papermill.execute_notebook(
                 str(path),
                 str(output),
@@ -149,8 +150,13 @@ def run_notebook(
         with atomic.atomic_path(output) as tmp:
             shutil.copyfile(path, tmp)
     duration_s = round(time.perf_counter() - t0, 3)
-    record.finish(duration_s, error)
-    record.to_file(run_dir)
+    with locked(run_dir):  # keep what the kernel added to run.json meanwhile (e.g. resumed_from)
+        on_disk = RunRecord.from_file(run_dir)
+        record.resumed_from = on_disk.resumed_from or record.resumed_from
+        record.extra = {**on_disk.extra, **record.extra}
+        record.heartbeat_utc = on_disk.heartbeat_utc
+        record.finish(duration_s, error)
+        record.to_file(run_dir)
 
     result = RunResult(run_id, run_dir, record.status, duration_s, record.error)
     if error is not None and not isinstance(error, Exception):
@@ -158,6 +164,32 @@ def run_notebook(
     if error is not None and raise_on_failure:
         raise RunFailed(result) from error
     return result
+
+
+class _Heartbeat:
+    """Refresh ``heartbeat_utc`` in ``run.json`` every ``HEARTBEAT_S`` from a daemon thread while the
+    notebook runs, so that ``RunRecord.effective_status`` can tell a killed run from a running one."""
+
+    def __init__(self, run_dir: Path, interval_s: float | None = None) -> None:
+        self.run_dir = run_dir
+        self.interval_s = HEARTBEAT_S if interval_s is None else interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {run_dir.name}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                update_record(self.run_dir, heartbeat_utc=provenance.iso(provenance.utc_now()))
+            except (OSError, ValueError):  # a record being replaced or a full disk: try again next beat
+                continue
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @contextlib.contextmanager
@@ -269,7 +301,7 @@ def run_dir_of(run_id: str, *, require_completed: bool = True) -> Path:
     record = read_run(run_id)
     if require_completed and record.status != "completed":
         raise RuntimeError(
-            f"run {run_id!r} has status {record.status!r}, expected 'completed'"
+            f"run {run_id!r} has status {record.effective_status()!r}, expected 'completed'"
             + (f": {record.error}" if record.error else "")
         )
     return paths.runs_dir() / run_id

@@ -91,7 +91,8 @@ def _entries(root: Path, kept: str) -> list[dict[str, Any]]:
                 "parameter_set": record.parameter_set,
                 "git_commit": record.git_commit,
                 "git_dirty": record.git_dirty,
-                "status": record.status,
+                "status": record.effective_status(),
+                "resumed_from": (record.resumed_from or {}).get("run_id"),
                 "started_utc": record.started_utc,
                 "duration_s": record.duration_s,
                 "error": record.error,
@@ -119,6 +120,8 @@ def render_table(entries: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
     for e in entries:
         status = e["status"] or "unknown"
+        if e.get("resumed_from"):
+            status = f"{status} (resumed from {e['resumed_from']})"
         if e["error"]:
             status = f"{status}: {_truncate(e['error'])}"
         metrics = format_metrics(e["metrics"])
@@ -179,16 +182,20 @@ def write_index(
 
 def _summary(entries: list[dict[str, Any]], root: Path, archive_root: Path) -> str:
     """The generated paragraph above the table: sources, counts, and the lost runs by name."""
-    count = {s: sum(e["status"] == s for e in entries) for s in ("completed", "failed", "running")}
+    states = ("completed", "failed", "running", "killed", record_io.LEGACY_RUNNING)
+    count = {s: sum(e["status"] == s for e in entries) for s in states}
     archived = sum("archive" in e["kept"] for e in entries)
     lost = [e["run_id"] for e in entries if e["lost"]]
+    unknown = count[record_io.LEGACY_RUNNING]
+    legacy = f", {unknown} running or killed (recorded before runs had a heartbeat)" if unknown else ""
     text = (
         f"Generated from `{_display(root)}` (run folders on this machine, not in git) and "
         f"`{_display(archive_root, archive.ARCHIVE_ENV_VAR)}` (light records kept in git by `ctlib "
         f"archive`): {len(entries)} runs ({count['completed']} completed, {count['failed']} failed, "
-        f"{count['running']} running or killed; {archived} archived, {len(lost)} lost), newest first. Key "
-        f"metrics are up to {MAX_METRICS} numeric values of each run's `metrics.json`, 4 significant "
-        "digits.\n\n"
+        f"{count['running']} running, {count['killed']} killed{legacy}; {archived} archived, {len(lost)} "
+        "lost), newest "
+        f"first. Key metrics are up to {MAX_METRICS} numeric values of each run's `metrics.json`, 4 "
+        "significant digits.\n\n"
     )
     if lost:
         text += (
@@ -281,6 +288,7 @@ def parse_table(text: str) -> list[dict[str, Any]]:
             continue
         row = dict(zip(header, cells, strict=True))
         status, _, error = row["Status"].partition(": ")
+        status = re.sub(r" \(resumed from [^)]*\)$", "", status)
         commit, _, dirty = row["Git"].partition("-")
         metrics, left_out = {}, 0
         for item in filter(None, row["Key metrics"].split(", ")):

@@ -9,8 +9,13 @@ versions read and write back unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
 import json
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +23,10 @@ from ctlib import atomic, provenance
 
 RECORD_FILE = "run.json"
 Status = Literal["running", "completed", "failed", "interactive"]
+HEARTBEAT_S = 30.0  # a running run refreshes ``heartbeat_utc`` this often
+STALE_AFTER_S = 5 * HEARTBEAT_S  # a heartbeat older than this means the run is dead
+LEGACY_RUNNING = "running or killed"
+OPTIONAL_KEYS = ("record", "pid", "host", "heartbeat_utc", "resumed_from")  # written only when set
 LOST_NOTE = "reconstructed from EXPERIMENTS_INDEX.md; the run directory is lost"
 
 
@@ -43,6 +52,10 @@ class RunRecord:
     packages: dict[str, Any] = dataclasses.field(default_factory=dict)
     device: dict[str, Any] = dataclasses.field(default_factory=dict)
     record: str | None = None
+    pid: int | None = None  # the process executing the run (the papermill driver)
+    host: str | None = None
+    heartbeat_utc: str | None = None  # refreshed every HEARTBEAT_S while the run is alive
+    resumed_from: dict[str, Any] | None = None  # run id and checkpoint of the run this one continued
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     # ----------------------------------------------------------------------------- creation
@@ -74,6 +87,9 @@ class RunRecord:
             python_executable=env["python_executable"],
             packages=env["packages"],
             device=env["device"],
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            heartbeat_utc=provenance.iso(provenance.utc_now()),
         )
 
     def finish(self, duration_s: float, error: BaseException | None = None) -> None:
@@ -92,6 +108,29 @@ class RunRecord:
     @property
     def git_dirty(self) -> bool | None:
         return (self.git or {}).get("dirty")
+
+    def effective_status(self, now: dt.datetime | None = None) -> str:
+        """``status``, except that a ``running`` run which is dead reads ``killed``.
+
+        Dead: on this host its pid is gone, or (any host, or a reused pid) its heartbeat is older than
+        ``STALE_AFTER_S``. A record without pid and heartbeat (written before they existed) reads
+        ``running or killed``: nothing tells. Nothing is written: the index and lookups only read records.
+        """
+        if self.status != "running":
+            return self.status
+        if self.pid is None and self.heartbeat_utc is None:
+            return LEGACY_RUNNING
+        now = now or provenance.utc_now()
+        if self.heartbeat_utc:
+            try:
+                beat = dt.datetime.fromisoformat(self.heartbeat_utc.replace("Z", "+00:00"))
+            except ValueError:
+                beat = None
+            if beat is not None and (now - beat).total_seconds() > STALE_AFTER_S:
+                return "killed"
+        if self.pid is not None and self.host == socket.gethostname() and not _process_alive(self.pid):
+            return "killed"
+        return self.status
 
     @property
     def lost(self) -> bool:
@@ -125,8 +164,9 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``run.json``: the fields (``record`` only when set), then the extra keys."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if data["record"] is None:
-            del data["record"]
+        for key in OPTIONAL_KEYS:
+            if data[key] is None:
+                del data[key]
         return {**data, **self.extra}
 
     def to_file(self, path: str | Path) -> Path:
@@ -135,6 +175,47 @@ class RunRecord:
         file = file / RECORD_FILE if file.is_dir() else file
         atomic.write_json(file, self.to_dict())
         return file
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by another user
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder (``flock`` on its directory) while a record is
+    read, changed and written, so the heartbeat and the kernel never lose each other's fields."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_record(run_dir: str | Path, **fields: Any) -> RunRecord:
+    """Set ``fields`` in the ``run.json`` of ``run_dir`` (read, change, write atomically, under the lock)."""
+    with locked(run_dir):
+        record = read_record(run_dir)
+        for key, value in fields.items():
+            if key in {f.name for f in dataclasses.fields(RunRecord)} - {"extra"}:
+                setattr(record, key, value)
+            else:
+                record.extra[key] = value
+        record.to_file(run_dir)
+    return record
 
 
 def read_record(run_dir: str | Path) -> RunRecord:

@@ -32,7 +32,7 @@ def output_lines(run_dir: Path) -> list[str]:
     metrics = run_dir / "metrics.json"
     n_metrics = len(record_io.read_json_object(metrics))
     figures = figures_of(run_dir)
-    status = record.status + (f": {record.error}" if record.error else "")
+    status = record.effective_status() + (f": {record.error}" if record.error else "")
     rows = [
         ("run folder", f"{display_path(run_dir)}/"),
         (

@@ -10,14 +10,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ctlib import runs
+from ctlib import atomic, runs
 from ctlib.errors import CTInputError
+from ctlib.runs import record
 
 
 def resume_from(resume_run_id: str, checkpoint_path: Path) -> Path | None:
     """Copy ``<earlier run>/checkpoints/<name>`` to ``checkpoint_path`` (same name); None for ``""``.
 
     Returns the copied file. A missing run or a run without that checkpoint raises ``CTInputError``.
+    When ``checkpoint_path`` lies in a run folder (``<run>/checkpoints/``), that run's ``run.json``
+    gets ``resumed_from``: the earlier run's id and checkpoint, shown by the index.
     """
     if not resume_run_id:
         return None
@@ -29,5 +32,10 @@ def resume_from(resume_run_id: str, checkpoint_path: Path) -> Path | None:
     if not source.is_file():
         raise CTInputError(source, f"run {resume_run_id!r} has no checkpoint to resume from")
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, checkpoint_path)
+    with atomic.atomic_path(checkpoint_path) as tmp:
+        shutil.copyfile(source, tmp)
+    this_run = checkpoint_path.parent.parent
+    if record.has_record(this_run):  # the new run names the run it continues
+        resumed = {"run_id": resume_run_id, "checkpoint": f"{source.parent.name}/{source.name}"}
+        record.update_record(this_run, resumed_from=resumed)
     return checkpoint_path

@@ -7,7 +7,6 @@ InstanceNumber. Bad input is refused with a one-line ``CTInputError`` naming the
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
@@ -23,12 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ctlib.errors import CTInputError
+from ctlib.io import dicom_checks
 from ctlib.io.volume import Volume
 
-# A tilted gantry shears the slices: positions drift in-plane as the slice index grows. Drift below
-# this angle (or 0.01 mm, for positions rounded in the header) is numerical noise, not tilt.
-GANTRY_TILT_TOLERANCE_DEG = 0.1
-_POSITION_NOISE_MM = 0.01
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: lives beside series, holds no image
 
 
@@ -98,25 +94,25 @@ def read_dicom_series(
             "anyway)",
         )
     for path, ds in items:
-        _check_image(path, ds)
-    _check_consistent(items)
+        dicom_checks.check_image(path, ds)
+    dicom_checks.check_consistent(items)
     if len(items) < 2:
         raise CTInputError(
             first_path, "single-slice series: at least 2 slices are needed to determine the slice spacing dz"
         )
 
-    row, col, normal = _orientation(first_path, first)
-    positions = np.array([_floats(p, ds, "ImagePositionPatient", 3) for p, ds in items])
+    row, col, normal = dicom_checks.orientation(first_path, first)
+    positions = np.array([dicom_checks.floats(p, ds, "ImagePositionPatient", 3) for p, ds in items])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     items = [items[i] for i in order]
     positions, along = positions[order], along[order]
-    dz = _check_spacing([p for p, _ in items], along, spacing_tolerance)
-    _check_tilt([p for p, _ in items], positions, normal)
+    dz = dicom_checks.check_spacing([p for p, _ in items], along, spacing_tolerance)
+    dicom_checks.check_tilt([p for p, _ in items], positions, normal)
 
     rows, cols = int(first.Rows), int(first.Columns)
-    dy, dx = _floats(first_path, first, "PixelSpacing", 2)
-    rescale = [_rescale(p, ds) for p, ds in items]
+    dy, dx = dicom_checks.floats(first_path, first, "PixelSpacing", 2)
+    rescale = [dicom_checks.rescale(p, ds) for p, ds in items]
     array = np.empty((len(items), rows, cols), dtype=np.float32)
     transfer_syntax = first.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
     n_workers = _auto_workers(workers, len(items), transfer_syntax)
@@ -289,128 +285,6 @@ def _select_series(
     if series_uid not in groups:
         raise CTInputError(source, f"series_uid {series_uid!r} not found; series here: {listing}")
     return groups[series_uid]
-
-
-# --- checks ----------------------------------------------------------------------------------
-
-
-def _floats(path: Path, ds: Dataset, keyword: str, n: int) -> np.ndarray:
-    value = ds.get(keyword)
-    try:
-        arr = np.array([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        arr = np.array([])
-    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise CTInputError(path, f"{keyword} is missing or invalid ({value!r}), expected {n} finite numbers")
-    return arr
-
-
-def _check_image(path: Path, ds: Dataset) -> None:
-    if "PixelData" not in ds:
-        raise CTInputError(path, "no pixel data (not an image, or the file was truncated)")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise CTInputError(
-            path,
-            "multi-frame or multi-sample images are not supported: expected one grayscale slice per file",
-        )
-
-
-def _check_consistent(items: list[tuple[Path, Dataset]]) -> None:
-    """All slices must share Rows/Columns, PixelSpacing and ImageOrientationPatient."""
-    path0, ds0 = items[0]
-    size0 = (ds0.get("Rows"), ds0.get("Columns"))
-    spacing0 = _floats(path0, ds0, "PixelSpacing", 2)
-    iop0 = _floats(path0, ds0, "ImageOrientationPatient", 6)
-    for path, ds in items[1:]:
-        size = (ds.get("Rows"), ds.get("Columns"))
-        if size != size0:
-            raise CTInputError(path, f"Rows/Columns {size} differ from {size0} in {path0.name}")
-        spacing = _floats(path, ds, "PixelSpacing", 2)
-        if not np.allclose(spacing, spacing0, rtol=1e-4, atol=1e-6):
-            raise CTInputError(
-                path, f"PixelSpacing {spacing.tolist()} differs from {spacing0.tolist()} in {path0.name}"
-            )
-        iop = _floats(path, ds, "ImageOrientationPatient", 6)
-        if not np.allclose(iop, iop0, atol=1e-4):
-            raise CTInputError(
-                path, f"ImageOrientationPatient {iop.tolist()} differs from {iop0.tolist()} in {path0.name}"
-            )
-
-
-def _orientation(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row cosine (increasing column index x), column cosine (increasing row index y), normal."""
-    iop = _floats(path, ds, "ImageOrientationPatient", 6)
-    row, col = iop[:3], iop[3:]
-    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
-        raise CTInputError(path, f"ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
-    # Headers round the cosines; re-orthonormalize (Gram-Schmidt) so Volume's direction is exact.
-    row = row / np.linalg.norm(row)
-    col = col - (col @ row) * row
-    col = col / np.linalg.norm(col)
-    return row, col, np.cross(row, col)
-
-
-def _check_spacing(paths: list[Path], along: np.ndarray, tolerance: float) -> float:
-    """Refuse duplicate positions, missing slices and non-uniform steps; return the mean step dz."""
-    steps = np.diff(along)
-    for k in np.flatnonzero(steps < _POSITION_NOISE_MM):
-        raise CTInputError(
-            paths[k + 1],
-            f"duplicate slice position {along[k]:.3f} mm along the normal, same as {paths[k].name}",
-        )
-    dz = float((along[-1] - along[0]) / (len(along) - 1))
-    typical = float(np.median(steps))
-    bad = np.flatnonzero(np.abs(steps - typical) > tolerance * typical)
-    if bad.size == 0:
-        return dz
-    k = int(bad[0])
-    ratio = steps[k] / typical
-    gap = (
-        f"step of {steps[k]:.4g} mm between {paths[k].name} ({along[k]:.3f} mm) "
-        f"and {paths[k + 1].name} ({along[k + 1]:.3f} mm)"
-    )
-    if ratio > 1.5 and abs(ratio - round(ratio)) <= tolerance * round(ratio):
-        raise CTInputError(
-            paths[k],
-            f"missing slice(s): {gap}, expected {typical:.4g} mm ({round(ratio) - 1} slice(s) missing)",
-        )
-    raise CTInputError(
-        paths[k],
-        f"non-uniform slice spacing: {gap}, expected {typical:.4g} mm +-{tolerance:.0%}; "
-        f"steps range {steps.min():.4g}..{steps.max():.4g} mm",
-    )
-
-
-def _check_tilt(paths: list[Path], positions: np.ndarray, normal: np.ndarray) -> None:
-    """Positions must step along the slice normal; an in-plane drift means a tilted gantry."""
-    offsets = positions - positions[0]
-    along = offsets @ normal
-    drift = np.linalg.norm(offsets - along[:, None] * normal[None, :], axis=1)
-    allowed = np.maximum(
-        _POSITION_NOISE_MM, np.abs(along) * math.tan(math.radians(GANTRY_TILT_TOLERANCE_DEG))
-    )
-    k = int(np.argmax(drift - allowed))
-    if drift[k] > allowed[k]:
-        angle = math.degrees(math.atan2(drift[k], abs(along[k])))
-        raise CTInputError(
-            paths[k],
-            f"gantry tilt: slice positions step {angle:.2f} deg off the slice normal (in-plane drift "
-            f"{drift[k]:.3f} mm from {paths[0].name}); tilted series are not supported, resample them first",
-        )
-
-
-def _rescale(path: Path, ds: Dataset) -> tuple[float, float]:
-    raw_slope, raw_intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    try:
-        slope = 1.0 if raw_slope in (None, "") else float(raw_slope)
-        intercept = 0.0 if raw_intercept in (None, "") else float(raw_intercept)
-    except (TypeError, ValueError):
-        slope = intercept = math.nan
-    if slope == 0 or not math.isfinite(slope) or not math.isfinite(intercept):
-        raise CTInputError(
-            path, f"nonsense rescale: RescaleSlope {raw_slope!r}, RescaleIntercept {raw_intercept!r}"
-        )
-    return slope, intercept
 
 
 # --- decoding --------------------------------------------------------------------------------

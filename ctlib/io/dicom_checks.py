@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pydicom
+import pydicom.pixels
 from pydicom.dataset import Dataset
 
 from ctlib.errors import CTInputError
@@ -22,6 +24,7 @@ MAX_IMAGE_PIXELS = 16384 * 16384  # far above any CT slice (1024 x 1024 at most 
 
 
 def floats(path: Path, ds: Dataset, keyword: str, n: int) -> np.ndarray:
+    """``keyword`` as ``n`` finite numbers, or a refusal naming the file."""
     value = ds.get(keyword)
     try:
         arr = np.array([float(v) for v in value], dtype=np.float64)
@@ -43,25 +46,86 @@ def check_image(path: Path, ds: Dataset) -> None:
 
 
 def check_consistent(items: list[tuple[Path, Dataset]]) -> None:
-    """All slices must share Rows/Columns, PixelSpacing and ImageOrientationPatient."""
-    path0, ds0 = items[0]
-    size0 = (ds0.get("Rows"), ds0.get("Columns"))
-    spacing0 = floats(path0, ds0, "PixelSpacing", 2)
-    iop0 = floats(path0, ds0, "ImageOrientationPatient", 6)
-    for path, ds in items[1:]:
-        size = (ds.get("Rows"), ds.get("Columns"))
-        if size != size0:
-            raise CTInputError(path, f"Rows/Columns {size} differ from {size0} in {path0.name}")
-        spacing = floats(path, ds, "PixelSpacing", 2)
-        if not np.allclose(spacing, spacing0, rtol=1e-4, atol=1e-6):
+    """All slices must share Rows/Columns, BitsAllocated, PixelSpacing and ImageOrientationPatient.
+
+    The reference is what most slices hold, so a single odd file is named wherever it sits in the
+    series (the first file is no better a witness than any other).
+    """
+    for name, value_of, same in (
+        ("Rows/Columns", lambda p, ds: (ds.get("Rows"), ds.get("Columns")), lambda a, b: a == b),
+        ("BitsAllocated", lambda p, ds: ds.get("BitsAllocated"), lambda a, b: a == b),
+        ("PixelSpacing", _pixel_spacing, lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-6)),
+        (
+            "ImageOrientationPatient",
+            lambda p, ds: floats(p, ds, "ImageOrientationPatient", 6),
+            lambda a, b: np.allclose(a, b, atol=1e-4),
+        ),
+    ):
+        values = [value_of(path, ds) for path, ds in items]
+        reference, n_same = _majority(values, same)
+        for (path, _), value in zip(items, values, strict=True):
+            if not same(value, reference):
+                shown = value.tolist() if isinstance(value, np.ndarray) else value
+                expected = reference.tolist() if isinstance(reference, np.ndarray) else reference
+                raise CTInputError(
+                    path, f"{name} {shown} differ from {expected} of {n_same} other slice(s) of the series"
+                )
+
+
+def _majority(values: list, same) -> tuple[object, int]:
+    """The value most entries share (by ``same``), and how many share it; ties go to the earliest."""
+    best, best_count = values[0], 0
+    for candidate in values:
+        count = sum(bool(same(candidate, other)) for other in values)
+        if count > best_count:
+            best, best_count = candidate, count
+        if best_count > len(values) // 2:
+            break
+    return best, best_count
+
+
+def _pixel_spacing(path: Path, ds: Dataset) -> np.ndarray:
+    """PixelSpacing (row spacing dy, column spacing dx) in mm: two finite positive numbers."""
+    spacing = floats(path, ds, "PixelSpacing", 2)
+    if not np.all(spacing > 0):
+        raise CTInputError(path, f"PixelSpacing {spacing.tolist()} is not two positive numbers (mm)")
+    return spacing
+
+
+def check_pixel_data(path: Path, ds: Dataset) -> None:
+    """The pixel data can be decoded into the image the header describes, before anything is allocated.
+
+    Native (uncompressed) data must hold Rows x Columns x BitsAllocated / 8 bytes (plus one pad byte);
+    encapsulated data needs an installed decoder for its transfer syntax. Images larger than
+    ``MAX_IMAGE_PIXELS`` are refused as implausible headers.
+    """
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    bits = int(ds.get("BitsAllocated") or 0)
+    if rows < 1 or cols < 1 or bits not in (8, 16, 32):
+        raise CTInputError(path, f"Rows {rows}, Columns {cols}, BitsAllocated {bits}: not a CT image")
+    if rows * cols > MAX_IMAGE_PIXELS:
+        raise CTInputError(path, f"Rows x Columns {rows} x {cols} is implausible for a CT slice")
+    syntax = pydicom.uid.UID(ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian))
+    if syntax.is_compressed:
+        try:
+            available = pydicom.pixels.get_decoder(syntax).is_available
+        except NotImplementedError:  # a syntax pydicom has no decoder class for
+            available = False
+        if not available:
             raise CTInputError(
-                path, f"PixelSpacing {spacing.tolist()} differs from {spacing0.tolist()} in {path0.name}"
+                path,
+                f"no decoder installed for transfer syntax {syntax.name} ({syntax}); ctlib installs "
+                "pylibjpeg-openjpeg, pylibjpeg-rle, pyjpegls and python-gdcm for the syntaxes they cover",
             )
-        iop = floats(path, ds, "ImageOrientationPatient", 6)
-        if not np.allclose(iop, iop0, atol=1e-4):
-            raise CTInputError(
-                path, f"ImageOrientationPatient {iop.tolist()} differs from {iop0.tolist()} in {path0.name}"
-            )
+        return
+    expected = rows * cols * (bits // 8) * int(ds.get("SamplesPerPixel", 1) or 1)
+    found = len(ds.PixelData)
+    if found not in (expected, expected + 1):
+        raise CTInputError(
+            path,
+            f"pixel data holds {found} bytes, Rows x Columns x BitsAllocated ({rows} x {cols} x {bits}) "
+            f"need {expected}",
+        )
 
 
 def orientation(path: Path, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

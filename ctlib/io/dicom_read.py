@@ -96,6 +96,8 @@ def read_dicom_series(
     for path, ds in items:
         dicom_checks.check_image(path, ds)
     dicom_checks.check_consistent(items)
+    for path, ds in items:  # before the volume is allocated from Rows x Columns
+        dicom_checks.check_pixel_data(path, ds)
     if len(items) < 2:
         raise CTInputError(
             first_path, "single-slice series: at least 2 slices are needed to determine the slice spacing dz"

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ctlib.errors import CTInputError
-from ctlib.io import dicom_checks
+from ctlib.io import dicom_checks, dicom_gdcm
 from ctlib.io.volume import Volume
 
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: lives beside series, holds no image
@@ -296,6 +296,8 @@ def _decode(path: Path, ds: Dataset) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as err:
+        if dicom_gdcm.applies(ds, err):
+            return dicom_gdcm.decode(path, ds)
         raise CTInputError(
             path, f"cannot decode pixel data (corrupt or truncated?): {type(err).__name__}: {err}"
         ) from None
@@ -325,9 +327,9 @@ def _auto_workers(workers: int | None, n_slices: int, transfer_syntax: pydicom.u
 def _decode_file(path: str) -> np.ndarray | str:
     """Worker: parse and decode one file; errors come back as text (CTInputError does not pickle)."""
     try:
-        return pydicom.dcmread(path).pixel_array
+        return _decode(Path(path), pydicom.dcmread(path))
     except Exception as err:
-        return f"cannot decode pixel data (corrupt or truncated?): {type(err).__name__}: {err}"
+        return " ".join(str(getattr(err, "problem", err)).split())
 
 
 def _decode_parallel(

@@ -108,7 +108,19 @@ def test_study_uid_and_reference(tmp_path):
     )
     assert ds.StudyInstanceUID == ref.StudyInstanceUID and ds.FrameOfReferenceUID == ref.FrameOfReferenceUID
     assert ds.SeriesInstanceUID != ref.SeriesInstanceUID
-    assert str(ds.PatientName) == ""  # a reference lends UIDs, never identity
+    # issue 11: joining the reference's study means belonging to its patient (was: a blank patient module)
+    assert str(ds.PatientName) == "Doe^Jane" and ds.PatientPosition == ""
+    apart = pydicom.dcmread(
+        dicom_write.write_dicom_series(
+            vol, tmp_path / "apart", reference=first / "slice_0000.dcm", join_reference_study=False
+        )
+        / "slice_0000.dcm"
+    )
+    assert (
+        apart.StudyInstanceUID != ref.StudyInstanceUID
+        and apart.FrameOfReferenceUID == ref.FrameOfReferenceUID
+    )
+    assert str(apart.PatientName) == ""  # a new study: no identity
     ds = pydicom.dcmread(
         dicom_write.write_dicom_series(vol, tmp_path / "c", study_uid="1.2.3.4") / "slice_0001.dcm"
     )
@@ -193,3 +205,32 @@ def test_crash_mid_write_leaves_the_old_series(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temporary folder left behind
     np.testing.assert_array_equal(dicom_read.read_dicom_series(folder).array, np.rint(old.array))
+
+
+def test_patient_position_and_patient_module_follow_the_reference(tmp_path):
+    """Issue 11: exports lacked PatientPosition (0018,5100), and a series joining a reference study had a
+    blank patient module."""
+    vol = make_volume()
+    plain = pydicom.dcmread(dicom_write.write_dicom_series(vol, tmp_path / "plain") / "slice_0000.dcm")
+    assert "PatientPosition" in plain and plain.PatientPosition == ""  # type 2: present, unknown
+    ref = pydicom.dcmread(plain.filename)
+    ref.PatientName, ref.PatientID, ref.PatientBirthDate, ref.PatientSex = "Roe^Ann", "P7", "19700101", "F"
+    ref.StudyDate, ref.AccessionNumber, ref.PatientPosition = "20260101", "ACC1", "FFS"
+    joined = pydicom.dcmread(
+        dicom_write.write_dicom_series(vol, tmp_path / "joined", reference=ref) / "slice_0000.dcm"
+    )
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "PatientPosition",
+    ):
+        assert joined.get(keyword) == ref.get(keyword), keyword
+    read = dicom_read.read_dicom_series(tmp_path / "joined")
+    assert read.meta["patient_position"] == "FFS"
+    again = pydicom.dcmread(dicom_write.write_dicom_series(read, tmp_path / "again") / "slice_0000.dcm")
+    assert again.PatientPosition == "FFS" and str(again.PatientName) == ""  # position kept, identity not

@@ -142,6 +142,7 @@ def read_dicom_series(
             "transfer_syntax_name": transfer_syntax.name,
             "source": str(source),
             "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")) or None,
+            "patient_position": str(first.get("PatientPosition", "")) or None,  # e.g. HFS, FFS
             "skipped_files": skipped,
         },
     )

@@ -20,6 +20,11 @@ from ctlib.errors import CTInputError
 from ctlib.io.volume import Volume
 
 _INT16 = np.iinfo(np.int16)
+# Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1): copied when a series joins a reference study
+PATIENT_AND_STUDY = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDs",
+    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+)
 
 
 def write_dicom_series(
@@ -31,6 +36,7 @@ def write_dicom_series(
     patient_id: str | None = None,
     study_uid: str | None = None,
     reference: Dataset | str | os.PathLike | None = None,
+    join_reference_study: bool = True,
 ) -> Path:
     """Write ``volume`` as a DICOM CT series: explicit VR little endian, uncompressed int16.
 
@@ -39,10 +45,16 @@ def write_dicom_series(
     after the intercept are clipped. Files are ``slice_0000.dcm``, ... in slice-index order, with new
     Study/Series/SOP/FrameOfReference UIDs. No patient identifiers are written unless
     ``patient_name`` / ``patient_id`` are given; nothing is copied from ``volume.meta``.
-    ``study_uid`` puts the series into an existing study; ``reference`` (a DICOM file or dataset of
-    the source series) lends its StudyInstanceUID and FrameOfReferenceUID, nothing else, so viewers
-    overlay the new series on the original. The folder is replaced atomically: a crash leaves the
-    old folder (or none), never half a series.
+    ``study_uid`` puts the series into an existing study. ``reference`` (a DICOM file or dataset of
+    the source series) lends its FrameOfReferenceUID, so viewers overlay the new series on the
+    original, and its PatientPosition; with ``join_reference_study`` (the default) the series also
+    joins the reference's study, and then carries that study's Patient and General Study modules
+    (``PATIENT_AND_STUDY``): a series of a study belongs to its patient, and archives refuse or
+    misfile one whose patient module is blank. Passing the reference is asking for that; with
+    ``join_reference_study=False`` the series gets a new study and no identifiers. PatientPosition
+    (0018,5100) comes from the reference, else from ``volume.meta["patient_position"]`` (set by the
+    DICOM reader), else is written empty (type 2: unknown). The folder is replaced atomically: a crash
+    leaves the old folder (or none), never half a series.
     """
     array = volume.array
     if not np.all(np.isfinite(array)):
@@ -51,16 +63,27 @@ def write_dicom_series(
     intercept = _intercept(float(hu.min()), float(hu.max()))
     stored = np.clip(hu - intercept, _INT16.min, _INT16.max).astype("<i2")
 
-    ref_study, ref_frame = _from_reference(reference)
+    ref = _reference_dataset(reference)
+    joined = ref is not None and join_reference_study and ref.get("StudyInstanceUID")
     series = _series_dataset(
         volume,
         series_description=series_description,
         patient_name=patient_name or "",
         patient_id=patient_id or "",
-        study_uid=study_uid or ref_study or generate_uid(),
-        frame_uid=ref_frame or generate_uid(),
+        study_uid=study_uid or (ref.StudyInstanceUID if joined else None) or generate_uid(),
+        frame_uid=(ref.get("FrameOfReferenceUID") if ref is not None else None) or generate_uid(),
         intercept=intercept,
     )
+    if joined:
+        for keyword in PATIENT_AND_STUDY:
+            if keyword in ref:
+                setattr(series, keyword, ref.data_element(keyword).value)
+        if patient_name:
+            series.PatientName = patient_name
+        if patient_id:
+            series.PatientID = patient_id
+    position = ref.get("PatientPosition") if ref is not None else None
+    series.PatientPosition = position or volume.meta.get("patient_position") or ""
     normal = np.cross(volume.direction[:, 0], volume.direction[:, 1])
     positions = volume.slice_positions()
     target = Path(folder)
@@ -81,11 +104,10 @@ def _intercept(lo: float, hi: float) -> float:
     return float(np.round((lo + hi) / 2))
 
 
-def _from_reference(reference: Dataset | str | os.PathLike | None) -> tuple[str | None, str | None]:
-    if reference is None:
-        return None, None
-    ds = reference if isinstance(reference, Dataset) else pydicom.dcmread(reference, stop_before_pixels=True)
-    return ds.get("StudyInstanceUID") or None, ds.get("FrameOfReferenceUID") or None
+def _reference_dataset(reference: Dataset | str | os.PathLike | None) -> Dataset | None:
+    if reference is None or isinstance(reference, Dataset):
+        return reference
+    return pydicom.dcmread(reference, stop_before_pixels=True)
 
 
 def _ds(values: np.ndarray | list[float]) -> list[str]:

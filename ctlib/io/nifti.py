@@ -21,13 +21,16 @@ from ctlib.io.volume import LPS_TO_RAS, Volume, from_index_to_lps
 
 AIR_HU = -1024.0
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+INT32 = np.iinfo(np.int32)
 GZIP_LEVEL = 1  # nibabel's default: fast, and CT compresses well at any level
 
 
-def _load(path: Path) -> tuple[nib.Nifti1Header, bytes, list[str]]:
-    """Header and content of a NIfTI file, validated; the content read only as far as the voxels go.
+def _load(path: Path) -> tuple[nifti_header.VoxelLayout, bytes | memoryview, list[str]]:
+    """Layout and content of a NIfTI file, validated; the content read only as far as the voxels go.
 
-    Returns the header, the bytes up to the end of the voxel data and nibabel's remarks on the header.
+    Returns the voxel layout, the bytes up to the end of the voxel data and nibabel's remarks on the
+    header. A file whose content runs on past the voxels the header declares is refused, and so is a
+    ``.nii.gz`` too small to hold what its header declares, before anything is inflated.
     """
     if not path.is_file():
         raise CTInputError(path, "no such file")
@@ -35,38 +38,45 @@ def _load(path: Path) -> tuple[nib.Nifti1Header, bytes, list[str]]:
         raise CTInputError(path, "not a NIfTI file name (.nii or .nii.gz)")
     prefix, _ = nifti_header.read_prefix(path, max(nifti_header.HEADER_BYTES))
     header = nifti_header.parse_header(prefix, path)
-    n_bytes = nifti_header.validate_header(header, path)
+    layout = nifti_header.validate_header(header, path)
     notes = nifti_header.nibabel_remarks(header, path)
-    buffer, trailing = nifti_header.read_prefix(path, n_bytes)
-    if len(buffer) < n_bytes:
-        offset, dtype = int(header["vox_offset"]), header.get_data_dtype()
-        count = (n_bytes - offset) // dtype.itemsize
+    size = path.stat().st_size
+    if path.name.endswith(".gz") and layout.end > nifti_header.DEFLATE_MAX_RATIO * size:
         raise CTInputError(
-            path, f"voxel data truncated: {max(len(buffer) - offset, 0)} bytes for {count} voxels of {dtype}"
+            path,
+            f"the header declares {layout.end} bytes, more than {size} bytes of gzip can hold "
+            f"(deflate expands at most {nifti_header.DEFLATE_MAX_RATIO}:1)",
         )
-    if trailing:
-        notes.append("bytes after the voxel data were not read")
-    return header, buffer, notes
+    buffer, more = nifti_header.read_prefix(path, layout.end)
+    if len(buffer) < layout.end:
+        raise CTInputError(
+            path,
+            f"voxel data truncated: {max(len(buffer) - layout.offset, 0)} bytes for {layout.count} "
+            f"voxels of {layout.dtype}",
+        )
+    if more:
+        extra = f"{size - layout.end} bytes" if not path.name.endswith(".gz") else "data"
+        raise CTInputError(
+            path, f"{extra} after the {layout.count} voxels the header declares (dim or datatype wrong?)"
+        )
+    return layout, buffer, notes
 
 
-def _stored_zyx(header: nib.Nifti1Header, buffer: bytes) -> np.ndarray:
+def _stored_zyx(layout: nifti_header.VoxelLayout, buffer: bytes | memoryview) -> np.ndarray:
     """The stored voxels as a ``(z, y, x)`` array of the file's dtype (NIfTI stores x fastest)."""
-    shape = header.get_data_shape()[:3]
-    count = int(np.prod(shape))
-    offset = int(header["vox_offset"])
-    return np.frombuffer(buffer, dtype=header.get_data_dtype(), count=count, offset=offset).reshape(
-        shape[::-1]
+    return np.frombuffer(buffer, dtype=layout.dtype, count=layout.count, offset=layout.offset).reshape(
+        layout.shape_xyz[::-1]
     )
 
 
-def _scaled(header: nib.Nifti1Header, stored: np.ndarray) -> np.ndarray:
-    """``stored * scl_slope + scl_inter`` as float32 (unscaled when the header sets no scaling)."""
-    slope, inter = header.get_slope_inter()
-    array = stored.astype(np.float32)
-    if slope is not None and slope != 1:
-        array *= np.float32(slope)
-    if inter is not None and inter != 0:
-        array += np.float32(inter)
+def _scaled(layout: nifti_header.VoxelLayout, stored: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """``stored * scl_slope + scl_inter`` (unscaled when the header sets no scaling); overflow gives inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = stored.astype(dtype)  # float64 beyond float32: inf, refused by the callers
+        if layout.slope is not None and layout.slope != 1:
+            array *= dtype(layout.slope)
+        if layout.inter is not None and layout.inter != 0:
+            array += dtype(layout.inter)
     return array
 
 
@@ -82,15 +92,16 @@ def read_nifti(
     field, e.g. -2048) to -1024 HU, air; the number of such voxels is kept in ``meta``.
     """
     path = Path(path)
-    header, buffer, notes = _load(path)
-    array = _scaled(header, _stored_zyx(header, buffer))
-    if not np.issubdtype(header.get_data_dtype(), np.integer) and not np.all(np.isfinite(array)):
+    layout, buffer, notes = _load(path)
+    array = _scaled(layout, _stored_zyx(layout, buffer))
+    del buffer
+    if (layout.dtype.kind == "f" or layout.scaled) and not np.all(np.isfinite(array)):
         raise CTInputError(path, f"{int(np.sum(~np.isfinite(array)))} voxels are NaN or infinite")
     padded = 0
     if fill_below_air:
         padded = int(np.count_nonzero(array < AIR_HU))
         np.maximum(array, AIR_HU, out=array)
-    affine_lps = np.asarray(header.get_best_affine(), dtype=np.float64).copy()
+    affine_lps = layout.affine.copy()
     affine_lps[:3, :] = LPS_TO_RAS @ affine_lps[:3, :]
     try:
         volume = from_index_to_lps(array, affine_lps, modality=modality)
@@ -99,7 +110,7 @@ def read_nifti(
     volume.meta.update(
         format="nifti",
         source=str(path),
-        stored_dtype=str(header.get_data_dtype()),
+        stored_dtype=str(layout.dtype),
         voxels_filled_to_air=padded,
         **({"header_notes": notes} if notes else {}),
     )
@@ -107,25 +118,27 @@ def read_nifti(
 
 
 def read_nifti_labels(path: str | os.PathLike, like: Volume | None = None) -> np.ndarray:
-    """Read a NIfTI label map as an integer ``(z, y, x)`` array.
+    """Read a NIfTI label map as an integer ``(z, y, x)`` array (the stored integer type, else int32).
 
-    With ``like``, the label grid must have the same shape and geometry as that volume.
+    Goes through the same validated reader as ``read_nifti``. With ``like``, the label grid must have
+    the same shape and geometry as that volume.
     """
     path = Path(path)
-    header, buffer, _ = _load(path)
-    data = _stored_zyx(header, buffer)
-    slope, inter = header.get_slope_inter()
-    if slope not in (None, 1) or inter not in (None, 0):
-        data = _scaled(header, data)
+    layout, buffer, _ = _load(path)
+    data = _stored_zyx(layout, buffer)
+    if layout.scaled:
+        data = _scaled(layout, data, np.float64)
     if not np.issubdtype(data.dtype, np.integer):
         if not np.all(np.isfinite(data)) or not np.all(np.equal(np.mod(data, 1), 0)):
             raise CTInputError(path, "label map holds non-integer values")
+        if data.size and (data.min() < INT32.min or data.max() > INT32.max):
+            raise CTInputError(path, "label map holds values outside the int32 range")
         data = data.astype(np.int32)
-    labels = np.ascontiguousarray(data)
+    labels = data if data.flags.writeable else data.copy()  # a view of the file's bytes: read-only
     if like is not None:
         if labels.shape != like.shape:
             raise CTInputError(path, f"label map shape {labels.shape} differs from the volume's {like.shape}")
-        if not np.allclose(header.get_best_affine(), like.index_to_ras(), atol=1e-3):
+        if not np.allclose(layout.affine, like.index_to_ras(), atol=1e-3):
             raise CTInputError(path, "label map geometry (affine) differs from the volume's")
     return labels
 

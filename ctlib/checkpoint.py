@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CTInputError(path, "no checkpoint file here" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the refusal says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
         raise CTInputError(path, f"not a readable checkpoint ({_load_failure(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -152,3 +152,14 @@ def test_pickled_code_is_named_as_blocked_without_torchs_advice(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{path}: not a readable checkpoint (it holds pickled code (posix.getcwd)")
     assert "weights_only=False" not in message and "\n" not in message
+
+
+def test_foreign_pickle_protocol_is_refused_quietly(tmp_path, capfd):
+    """A plain pickle (protocol 4) made torch print a UserWarning before the one-line refusal."""
+    import pickle
+
+    path = tmp_path / "plain.pt"
+    path.write_bytes(pickle.dumps({"payload": _RunsCode()}, protocol=4))
+    with pytest.raises(CTInputError, match=r"plain\.pt: not a readable checkpoint"):
+        checkpoint.load_checkpoint(path)
+    assert capfd.readouterr().err == ""

@@ -3,7 +3,6 @@ checked before the volume is allocated, PixelSpacing must be positive, and a mis
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 
@@ -54,7 +53,6 @@ def test_a_huge_rows_columns_claim_costs_no_memory(tmp_path):
     message, grown_mb = out.strip().splitlines()
     assert files[0].name in message and "pixel data holds 60 bytes" in message
     assert int(grown_mb) < 100
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 2**20  # KiB
 
 
 @pytest.mark.parametrize("spacing", [["0", "0.75"], ["-0.5", "0.75"], ["0.5", "nan"]])

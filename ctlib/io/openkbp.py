@@ -56,10 +56,16 @@ def _to_zyx(array_ijk: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array_ijk, 2, 0))
 
 
-def _ct_volume(ct_stored: np.ndarray, voxel_mm: np.ndarray, source: Path, patient_id: str) -> Volume:
+def _check_voxel_size(voxel_mm: np.ndarray, source: Path) -> np.ndarray:
+    """Three finite positive numbers (mm), or a refusal naming the file that holds them."""
     voxel_mm = np.asarray(voxel_mm, dtype=np.float64).reshape(-1)
-    if voxel_mm.shape != (3,) or not np.all(voxel_mm > 0):
+    if voxel_mm.shape != (3,) or not np.all(np.isfinite(voxel_mm)) or not np.all(voxel_mm > 0):
         raise CTInputError(source, f"voxel size must be three positive numbers, got {voxel_mm.tolist()}")
+    return voxel_mm
+
+
+def _ct_volume(ct_stored: np.ndarray, voxel_mm: np.ndarray, source: Path, patient_id: str) -> Volume:
+    voxel_mm = _check_voxel_size(voxel_mm, source)
     hu = np.clip(ct_stored.astype(np.float32), 0, 4095) - CT_OFFSET
     return Volume(
         array=_to_zyx(hu),
@@ -170,6 +176,7 @@ def read_openkbp_folder(folder: str | os.PathLike, split: str | None = None) -> 
         voxel_mm = np.loadtxt(folder / "voxel_dimensions.csv", dtype=np.float64)
     except ValueError as err:
         raise CTInputError(folder / "voxel_dimensions.csv", f"unreadable voxel size ({err})") from None
+    _check_voxel_size(voxel_mm, folder / "voxel_dimensions.csv")
     ct = _read_sparse_csv(folder / "ct.csv", np.float64)
     _check_ct(ct, folder / "ct.csv")
     dose = None

@@ -52,6 +52,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_runs_folder() -> None:
+    """The runs folder (``$CTLIB_RUNS_DIR``, created if missing) must be creatable and writable: a
+    ``ValueError`` here, before papermill is imported, rather than a traceback from ``mkdir``."""
+    import os
+
+    from ctlib import paths
+
+    runs = paths.runs_dir()
+    folder = runs
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{runs}: the runs folder cannot be created: {folder} is a file, not a folder "
+                         f"(${paths.RUNS_ENV_VAR} sets the runs folder)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{runs}: the runs folder cannot be written: no write permission in {folder}")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ctlib.runs import params as run_params
 
@@ -59,6 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides = dict(run_params.parse_override(item) for item in args.param)
         notebook = run_params.resolve_notebook_path(args.notebook)
         run_params.resolve_parameters(notebook, args.parameter_set, overrides)
+        _check_runs_folder()
     except (FileNotFoundError, ValueError) as err:
         print(f"ctlib run: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -142,6 +161,19 @@ def _study_clis() -> list[Any]:
     return [importlib.import_module(spec.name) for spec in found if spec is not None]
 
 
+def _positive_mb(text: str) -> float:
+    """``--max-file-mb``: a finite number of megabytes above 0 (``nan`` made ``int()`` raise a traceback)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of megabytes above 0, got {text!r}")
+    return value
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr (exit status 2), not usage plus error."""
 
@@ -179,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     keep = sub.add_parser("archive", help="keep completed runs in git: a light copy in experiments/<run_id>/")
     keep.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="completed runs in runs/")
     keep.add_argument("--force", action="store_true", help="replace an existing experiments/<run_id>/")
-    keep.add_argument("--max-file-mb", type=float, default=2.0, help="files larger than this are left out")
+    keep.add_argument(
+        "--max-file-mb", type=_positive_mb, default=2.0, help="files larger than this are left out"
+    )
     keep.set_defaults(func=_cmd_archive)
 
     demo = sub.add_parser("demo", help="run the demo chain of notebooks on embedded data")

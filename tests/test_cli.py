@@ -172,3 +172,46 @@ def test_info_names_a_corrupt_first_slice(tmp_path, capsys):
     assert cli.main(["info", str(folder)]) == cli.EXIT_BAD_INPUT
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and first.name in err
+
+
+def _probe_refusal(argv: list[str], env: dict[str, str]) -> tuple[dict, list[str]]:
+    """``cli.main(argv)`` in a fresh interpreter: its exit status, the heavy modules it imported, stderr."""
+    from test_cli_refusals import PROBE
+
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True,
+                          cwd=str(paths.repo_root()), env={**os.environ, **env}, timeout=60)
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("where", ["under a file", "is a file"])
+def test_run_refuses_an_unusable_runs_folder_before_papermill(tmp_path, where):
+    """Before: papermill was imported, then ``mkdir`` raised NotADirectoryError with a traceback (exit 1)."""
+    (tmp_path / "afile").write_text("not a folder")
+    runs = tmp_path / "afile" / "runs" if where == "under a file" else tmp_path / "afile"
+    result, lines = _probe_refusal(["run", "notebooks/slice_interp/2026-11-23_02_vae.ipynb"],
+                                   {paths.RUNS_ENV_VAR: str(runs)})
+    assert result == {"rc": 2, "heavy": []} and len(lines) == 1, (result, lines)
+    assert lines[0].startswith(f"ctlib run: {runs}: the runs folder cannot be created"), lines
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf", "two"])
+def test_archive_refuses_a_bad_file_size_limit(value, capsys):
+    """Before: ``--max-file-mb nan`` reached ``int(nan)`` (a traceback), -1 or 0 left every file out."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["archive", "some_run", "--max-file-mb", value])
+    assert exit_info.value.code == cli.EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ctlib archive: error: argument --max-file-mb"), lines
+    assert repr(value) in lines[0]
+
+
+@pytest.mark.parametrize(("text", "key"), [("lr=[1,", "lr"), ("window={a", "window"), ("x='open", "x")])
+def test_parse_override_names_the_key_of_malformed_yaml(text, key):
+    """The layer under ``ctlib run -P``: a ValueError in one line naming the override (was a YAMLError)."""
+    from ctlib.runs import params as run_params
+
+    with pytest.raises(ValueError) as info:
+        run_params.parse_override(text)
+    message = str(info.value)
+    assert message.startswith(f"override {key}=") and "not valid YAML" in message and "\n" not in message

@@ -6,15 +6,19 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from test_cli_refusals import PROBE
 from test_interp_pipeline import make_diffusion_run
 
 from ctlib import cli
 from ctlib.data import phantom
 from ctlib.io import dicom_write, nifti, reader
+from ctlib.studies.interp import cli as interp_cli
 
 FAST = ["--steps", "2", "--quiet"]
 
@@ -140,3 +144,77 @@ def test_exit_status_and_stderr_of_the_console_command(tmp_path):
                             capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and "x.nii.gz" in result.stderr
+
+
+def _probe(argv: list[str], cwd: Path) -> tuple[dict, list[str], float]:
+    """``cli.main(argv)`` in a fresh interpreter: exit status and heavy imports, stderr lines, seconds."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True, text=True,
+                          cwd=str(cwd), env={**os.environ}, timeout=60)
+    seconds = time.perf_counter() - started
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr.strip().splitlines(), seconds
+
+
+GOOD = ["@/in.nii.gz", "@/thin.nii.gz", "--run", "@/diffusion.pt"]  # '@' is the test's folder
+# Each was refused only after torch was imported and the model loaded (6-8 s here), or, with a usable
+# model, minutes later inside the pipeline or when writing; now before any heavy import.
+CHEAP_CASES = {
+    "chunk zero": ([*GOOD, "--chunk", "0"], "--chunk must be at least 1"),
+    "negative overlap": ([*GOOD, "--overlap", "-1"], "--overlap must be at least 0"),
+    "window depth zero": ([*GOOD, "--window-depth", "0"], "--window-depth must be at least 1"),
+    "overlap not below window": ([*GOOD, "--window-depth", "8", "--overlap", "8"], "--overlap 8 must"),
+    "negative eta": ([*GOOD, "--eta", "-1"], "--eta must be a finite number >= 0"),
+    "nan eta": ([*GOOD, "--eta", "nan"], "got nan"),
+    "negative seed": ([*GOOD, "--seed", "-1"], "--seed must be at least 0"),
+    "unknown device": ([*GOOD, "--device", "gpu7"], "unknown --device 'gpu7'"),
+    "missing vae": ([*GOOD, "--vae", "@/novae.pt"], "novae.pt: no such checkpoint file (--vae)"),
+    "std is OUT": ([*GOOD, "--samples", "2", "--std", "@/thin.nii.gz"], "--std names IN or OUT"),
+    "OUT under a file": (
+        ["@/in.nii.gz", "@/in.nii.gz/thin.nii.gz", "--run", "@/diffusion.pt"],
+        "in.nii.gz is a file, not a folder",
+    ),
+    "corrupt run checkpoint": (
+        ["@/in.nii.gz", "@/thin.nii.gz", "--run", "@/corrupt.pt"],
+        "corrupt.pt: not a readable checkpoint (--run)",
+    ),
+    "empty vae checkpoint": ([*GOOD, "--vae", "@/empty.pt"], "empty.pt: not a readable checkpoint (--vae)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHEAP_CASES))
+def test_cheap_refusals_come_before_torch(name, tmp_path):
+    """Exit 2, one line, no traceback, and torch (papermill, nbformat, monai) never imported."""
+    template, expected = CHEAP_CASES[name]
+    (tmp_path / "in.nii.gz").write_bytes(b"an existing input: never read, the arguments are refused first")
+    (tmp_path / "diffusion.pt").write_bytes(zipfile_bytes())
+    (tmp_path / "corrupt.pt").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    argv = ["interpolate", *(a.replace("@/", f"{tmp_path}/") for a in template)]
+    result, lines, seconds = _probe(argv, tmp_path)
+    assert result["rc"] == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("ctlib interpolate: ") and expected in lines[0], lines[0]
+    assert result["heavy"] == [], f"{name}: imported {result['heavy']} before refusing ({seconds:.2f} s)"
+
+def zipfile_bytes() -> bytes:
+    """A small valid zip archive, as torch.save writes (its content is never read by these refusals)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("diffusion/data.pkl", b"never unpickled here")
+    return buffer.getvalue()
+
+
+def test_output_folder_without_write_permission_is_refused(tmp_path, capsys, monkeypatch):
+    """As root every folder is writable, so the permission is simulated: before, a folder that could not be
+    written was found only when writing, after the whole interpolation."""
+    (tmp_path / "in.nii.gz").write_bytes(b"never read")
+    (tmp_path / "diffusion.pt").write_bytes(zipfile_bytes())
+    denied = tmp_path / "locked"
+    denied.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(interp_cli.os, "access", lambda p, mode: Path(p) != denied and real_access(p, mode))
+    _refused(capsys, [str(tmp_path / "in.nii.gz"), str(denied / "thin.nii.gz"), "--run",
+                      str(tmp_path / "diffusion.pt")], f"no write permission in {denied}")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
 SAMPLER_NAMES = ("ddim", "ddpm")  # the keys of ctlib.diffusion.samplers.SAMPLERS (a test keeps them equal)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")  # what --device may name (torch.device syntax)
 
 
 class _BadInput(Exception):
@@ -39,7 +44,20 @@ def _output_kind(path: str, overwrite: bool, what: str) -> str:
         raise _BadInput(f"{path}: {what} exists; pass --overwrite to replace it")
     if kind == "nifti" and target.is_dir():
         raise _BadInput(f"{path}: {what} is a folder but its name ends with .nii/.nii.gz")
+    _check_writable(target, what)
     return kind
+
+
+def _check_writable(target: Path, what: str) -> None:
+    """The output is written next to itself then renamed (``ctlib.atomic``), creating missing folders: the
+    nearest existing folder above it must be a folder this process may write in."""
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise _BadInput(f"{target}: {what} cannot be created: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _BadInput(f"{target}: {what} cannot be written: no write permission in {folder}")
 
 
 def _reference_file(volume: Any) -> Any:
@@ -84,11 +102,48 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise _BadInput(f"{args.std}: an uncertainty map needs --samples 2 or more, got {args.samples}")
     if args.sampler not in SAMPLER_NAMES:
         raise _BadInput(f"unknown sampler {args.sampler!r}; expected one of {list(SAMPLER_NAMES)}")
+    _check_sampling_numbers(args)
     if not Path(args.input).exists():
         raise _BadInput(f"{args.input}: no such file or folder (IN: a DICOM folder or a NIfTI file)")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise _BadInput(f"{args.output}: OUT is the input; write the thin volume elsewhere")
+    if args.std and Path(args.std).resolve() in (Path(args.output).resolve(), Path(args.input).resolve()):
+        raise _BadInput(f"{args.std}: --std names IN or OUT; write the uncertainty map elsewhere")
     _check_run(args.run)
+    if args.vae and not Path(args.vae).is_file():
+        raise _BadInput(f"{args.vae}: no such checkpoint file (--vae)")
+
+
+def _check_checkpoint_files(args: argparse.Namespace) -> None:
+    """A checkpoint named directly (``--run X.pt``, ``--vae``) must be the zip archive ``torch.save`` writes:
+    an empty, truncated or foreign file is refused here, not after importing torch (seconds, 400 MB)."""
+    for option, path in (("--run", args.run), ("--vae", args.vae)):
+        if path and Path(path).is_file() and not zipfile.is_zipfile(path):
+            raise _BadInput(
+                f"{path}: not a readable checkpoint ({option}): not the zip archive torch.save writes "
+                "(empty, truncated or another format)"
+            )
+
+
+def _check_sampling_numbers(args: argparse.Namespace) -> None:
+    """Ranges of the sampling options, checked here rather than minutes later inside the pipeline."""
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise _BadInput(f"--eta must be a finite number >= 0 (0: deterministic DDIM), got {args.eta}")
+    if args.chunk < 1:
+        raise _BadInput(f"--chunk must be at least 1 (slices per VAE call), got {args.chunk}")
+    if args.window_depth is not None and args.window_depth < 1:
+        raise _BadInput(f"--window-depth must be at least 1 (slices per window), got {args.window_depth}")
+    if args.overlap is not None and args.overlap < 0:
+        raise _BadInput(f"--overlap must be at least 0, got {args.overlap}")
+    if args.overlap is not None and args.window_depth is not None and args.overlap >= args.window_depth:
+        raise _BadInput(
+            f"--overlap {args.overlap} must be less than --window-depth {args.window_depth} "
+            "(slices shared by neighbouring windows)"
+        )
+    if args.seed < 0:
+        raise _BadInput(f"--seed must be at least 0, got {args.seed}")
+    if not DEVICE_PATTERN.fullmatch(args.device):
+        raise _BadInput(f"unknown --device {args.device!r}; expected auto, cpu, cuda, cuda:N or mps")
 
 
 def _check_run(run: str) -> None:
@@ -111,6 +166,7 @@ def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
     _check_arguments(args)  # every cheap check first: a refusal imports no torch and takes well under 1 s
     out_kind = _output_kind(args.output, args.overwrite, "OUT")
     std_kind = _output_kind(args.std, args.overwrite, "--std") if args.std else None
+    _check_checkpoint_files(args)
 
     import numpy as np
 

@@ -106,8 +106,10 @@ def test_pair_is_in_register(direction, factor, mode, slab, offset, observed_eve
     volume = _volume(n_slices=29, direction=DIRECTIONS[direction])
     pair = thick_slices.thick_thin_pair(volume, factor, mode, slab=slab, offset=offset)
     n_thick = pair.thick.shape[0]
-    assert pair.thin.shape[0] == n_thick * factor == pair.observed.size
-    np.testing.assert_array_equal(pair.thin.array, volume.array[offset : offset + n_thick * factor])
+    # Slabs: n_thick blocks of factor slices. Decimation: from the first to the last observed slice.
+    n_thin = (n_thick - 1) * factor + 1 if mode == "decimate" else n_thick * factor
+    assert pair.thin.shape[0] == n_thin == pair.observed.size
+    np.testing.assert_array_equal(pair.thin.array, volume.array[offset : offset + n_thin])
     np.testing.assert_allclose(
         pair.thin.slice_positions(), volume.slice_positions()[offset : offset + pair.thin.shape[0]]
     )
@@ -136,7 +138,7 @@ def _linear_in_z(volume: Volume) -> Volume:
 def test_linear_upsampling_reproduces_a_ramp(mode, factor):
     volume = _linear_in_z(_volume(n_slices=30, direction=DIRECTIONS["oblique"]))
     pair = thick_slices.thick_thin_pair(volume, factor, mode)
-    up = thick_slices.upsample_linear_z(pair.thick, factor)
+    up = thick_slices.upsample_linear_z(pair.thick, factor, n_thin=pair.thin.shape[0])
     assert up.shape == pair.thin.shape
     assert up.spacing == pytest.approx(pair.thin.spacing)
     np.testing.assert_allclose(up.origin, pair.thin.origin, atol=1e-9)
@@ -156,12 +158,15 @@ def test_cubic_upsampling_reproduces_a_cubic_and_linear_does_not():
     poly = 0.002 * (k - 15) ** 3 - 0.1 * (k - 15) ** 2 + 2.0 * k - 40.0
     volume = Volume(np.broadcast_to(poly[:, None, None], (37, 2, 3)).astype(np.float32), (1.0, 1.0, 1.0))
     pair = thick_slices.thick_thin_pair(volume, 6, "decimate")
-    cubic = thick_slices.upsample_cubic_z(pair.thick, 6)
-    linear = thick_slices.upsample_z(pair.thick, 6, "linear")
-    inside = slice(0, int(pair.thin_index_of_thick[-1]) + 1)
-    np.testing.assert_allclose(cubic.array[inside], pair.thin.array[inside], atol=1e-3)
-    assert np.abs(linear.array[inside] - pair.thin.array[inside]).max() > 0.5
-    np.testing.assert_array_equal(cubic.array[31:], np.broadcast_to(pair.thick.array[-1], (5, 2, 3)))
+    assert pair.thin.shape[0] == 37  # every observed slice kept: 0, 6, ..., 36
+    cubic = thick_slices.upsample_cubic_z(pair.thick, 6, n_thin=37)
+    linear = thick_slices.upsample_z(pair.thick, 6, "linear", n_thin=37)
+    np.testing.assert_allclose(cubic.array, pair.thin.array, atol=1e-3)
+    assert np.abs(linear.array - pair.thin.array).max() > 0.5
+    # The default grid is n_thick * factor slices: past the last thick slice, edge replication.
+    longer = thick_slices.upsample_cubic_z(pair.thick, 6)
+    assert longer.shape[0] == 42
+    np.testing.assert_array_equal(longer.array[36:], np.broadcast_to(pair.thick.array[-1], (6, 2, 3)))
 
 
 def test_upsampling_by_another_factor_keeps_the_thin_crop_start():
@@ -219,7 +224,8 @@ def test_real_ct_x6_pairs_and_linear_baseline_psnr(data_root):
     # Data README: linear x6 from every 6th slice gives 28.2 dB in [-1024, 3071] HU -> [0, 1]. That
     # figure counts every slice; scored on the synthesized slices only (our protocol) it is lower.
     pair = thick_slices.thick_thin_pair(volume, 6, "decimate")
-    up = thick_slices.upsample_linear_z(pair.thick, 6)
+    assert pair.thick.shape[0] == 28 and pair.thin.shape[0] == 163  # slices 0, 6, ..., 162 observed
+    up = thick_slices.upsample_linear_z(pair.thick, 6, n_thin=163)
     ref = windows.to_unit(pair.thin.array, windows.FULL)
     pred = windows.to_unit(up.array, windows.FULL)
     psnr_synth = _psnr_unit(pred[pair.synthesized], ref[pair.synthesized])
@@ -227,7 +233,7 @@ def test_real_ct_x6_pairs_and_linear_baseline_psnr(data_root):
     assert psnr_synth == pytest.approx(28.2, abs=1.5)
     assert psnr_all == pytest.approx(28.2, abs=0.5)
     assert psnr_all > psnr_synth
-    cubic = windows.to_unit(thick_slices.upsample_cubic_z(pair.thick, 6).array, windows.FULL)
+    cubic = windows.to_unit(thick_slices.upsample_cubic_z(pair.thick, 6, n_thin=163).array, windows.FULL)
     assert abs(_psnr_unit(cubic[pair.synthesized], ref[pair.synthesized]) - psnr_synth) < 1.5
 
 

@@ -44,10 +44,12 @@ class Comparison:
     pair: thick_slices.ThickThinPair
     estimates: dict[str, Volume]
     diffusion: pipeline.InterpolationResult | None = None
+    protocol: interpolation.Protocol = interpolation.DEFAULT
 
     def scores(self) -> list[dict[str, Any]]:
         """One row per method: the protocol's PSNR (both windows), SSIM and slab residual."""
-        return [{"factor": self.pair.factor, "method": method, **interpolation.evaluate(estimate, self.pair)}
+        return [{"factor": self.pair.factor, "method": method,
+                 **interpolation.evaluate(estimate, self.pair, self.protocol)}
                 for method, estimate in self.estimates.items()]
 
     def consistency(self) -> dict[str, Any] | None:
@@ -64,7 +66,8 @@ def compare_methods(
     volume: Volume,
     factor: int,
     *,
-    mode: thick_slices.ThickMode = "slab",
+    mode: thick_slices.ThickMode | None = None,
+    protocol: interpolation.Protocol = interpolation.DEFAULT,
     interpolator: Interpolator | None = None,
     regressor: RegressorBundle | None = None,
     sampling: SamplingOptions = SamplingOptions(),
@@ -72,9 +75,12 @@ def compare_methods(
     """Simulate thick slices of ``volume`` at ``factor`` and interpolate them back with every method that
     applies.
 
-    Raises ``ValueError`` when the volume is too short for the factor.
+    ``protocol`` fixes the thick-slice model, the body mask and the soft window (``mode``, when given,
+    replaces its thick-slice mode). Raises ``ValueError`` when the volume is too short for the factor.
     """
-    pair = thick_slices.thick_thin_pair(volume, factor, mode=mode)
+    if mode is not None:
+        protocol = dataclasses.replace(protocol, mode=mode)
+    pair = protocol.pair(volume, factor)
     n_thin = pair.thin.shape[0]
     estimates: dict[str, Volume] = {
         method: thick_slices.upsample_z(pair.thick, factor, method, n_thin=n_thin) for method in CLASSIC
@@ -95,8 +101,9 @@ def compare_methods(
             seed=sampling.seed,
             chunk=sampling.chunk,
             bf16=sampling.bf16,
+            n_thin=n_thin,
             progress=False,
             return_raw=True,
         )
         estimates["diffusion"], estimates["diffusion, no DC"] = result.mean, result.raw
-    return Comparison(pair=pair, estimates=estimates, diffusion=result)
+    return Comparison(pair=pair, estimates=estimates, diffusion=result, protocol=protocol)

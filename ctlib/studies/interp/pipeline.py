@@ -195,6 +195,7 @@ class InterpolationOptions:
     chunk: int = 16  # slices per VAE call
     return_raw: bool = False  # also keep the mean before data consistency
     bf16: bool = False  # bfloat16 autocast for the networks (the sampler's arithmetic stays float32)
+    n_thin: int | None = None  # thin slices out; None: n_thick * factor (decimation pairs: to the last slice)
 
 
 def default_window_depth(depth_multiple: int, window_depth: int | None = None) -> int:
@@ -293,7 +294,9 @@ def interpolate_volume(
     t_start = time.perf_counter()
     opts = dataclasses.replace(options or InterpolationOptions(), **overrides)
     factor = _checked_factor(thick, interpolator, opts)
-    n_thin = thick.shape[0] * factor
+    n_thin = thick.shape[0] * factor if opts.n_thin is None else int(opts.n_thin)
+    if not 1 <= n_thin <= thick.shape[0] * factor:
+        raise ValueError(f"n_thin must be in [1, {thick.shape[0] * factor}] (n_thick * factor), got {n_thin}")
     window = default_window_depth(interpolator.depth_multiple, opts.window_depth)
     overlap = window // 4 if opts.overlap is None else int(opts.overlap)
     spans = window_spans(n_thin, window, overlap)

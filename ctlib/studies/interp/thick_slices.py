@@ -8,10 +8,13 @@ Index conventions, with thin slices ``t = 0..n-1`` at spacing ``dz`` and an inte
   the mean of the positions of the thin slices it averages; ``slice_thickness_mm = slab * dz``.
 - ``mode="decimate"``: thick slice ``k`` is thin slice ``offset + k * factor`` (thickness unchanged).
 
-Thick spacing is ``factor * dz`` in both modes. A ``ThickThinPair`` crops the thin volume to the
-``n_thick * factor`` slices ``offset + [0, n_thick * factor)``, so thick slice ``k`` owns the block of
-thin slices ``k * factor + [0, factor)`` of the crop; ``thin_index_of_thick`` gives each thick slice's
-position on that cropped grid. The upsamplers put their output on exactly that grid.
+Thick spacing is ``factor * dz`` in both modes. A ``ThickThinPair`` crops the thin volume to the slices
+the thick ones cover: with slabs, the ``n_thick * factor`` slices ``offset + [0, n_thick * factor)``, so
+thick slice ``k`` owns the block ``k * factor + [0, factor)`` of the crop; with decimation, every observed
+slice is kept (``n_thick = floor((n - 1 - offset) / factor) + 1``) and the crop ends at the last one
+(``(n_thick - 1) * factor + 1`` slices), so no thin slice of the crop lies outside the observed ones and
+none is an extrapolated edge copy. ``thin_index_of_thick`` gives each thick slice's position on the
+cropped grid. The upsamplers put their output on exactly that grid.
 """
 
 from __future__ import annotations
@@ -145,17 +148,28 @@ def thick_thin_pair(
 ) -> ThickThinPair:
     """Simulate thick slices and crop the thin volume to the ``n_thick * factor`` slices they cover.
 
-    ``n_thick`` is the largest count for which both every slab and the thin crop fit in the volume.
+    Slabs: ``n_thick`` is the largest count for which both every slab and the thin crop of
+    ``n_thick * factor`` slices fit in the volume. Decimation: every slice ``offset + k * factor`` of the
+    volume is observed, and the thin crop runs from the first to the last of them.
     """
     factor, slab, offset = _check_args(volume, factor, mode, slab, offset)
     n_thin_in = volume.shape[0]
-    n_thick = min(_n_thick(n_thin_in, factor, slab, offset), (n_thin_in - offset) // factor)
-    if n_thick < 1:
-        raise ValueError(
-            f"not enough slices for one thick/thin block: need offset + factor = {offset + factor} "
-            f"thin slices, the volume has {n_thin_in}"
-        )
-    n_thin = n_thick * factor
+    if mode == "decimate":
+        n_thick = _n_thick(n_thin_in, factor, 1, offset)
+        if n_thick < 2:
+            raise ValueError(
+                f"not enough slices for two decimated thick slices: need offset + factor + 1 = "
+                f"{offset + factor + 1} thin slices, the volume has {n_thin_in}"
+            )
+        n_thin = (n_thick - 1) * factor + 1
+    else:
+        n_thick = min(_n_thick(n_thin_in, factor, slab, offset), (n_thin_in - offset) // factor)
+        if n_thick < 1:
+            raise ValueError(
+                f"not enough slices for one thick/thin block: need offset + factor = {offset + factor} "
+                f"thin slices, the volume has {n_thin_in}"
+            )
+        n_thin = n_thick * factor
     last_needed = offset + (n_thick - 1) * factor + slab
     thick = simulate_thick(volume.with_array(volume.array[:last_needed]), factor, mode, slab, offset)
     thin = volume.with_array(

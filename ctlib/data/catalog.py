@@ -139,8 +139,14 @@ def select(
     *,
     max_per_group: int = 0,
     group_of: Callable[[VolumeSource], str] | None = None,
+    exclude: Sequence[str] = (),
 ) -> list[VolumeSource]:
-    """Keep at most ``max_per_group`` sources per group (default group: format + fixed split); 0 keeps all."""
+    """Keep at most ``max_per_group`` sources per group (default group: format + fixed split); 0 keeps all.
+
+    Sources whose volume id matches an ``exclude`` glob are dropped first (e.g. a series acquired thick,
+    with no thin ground truth, that only inference uses).
+    """
+    sources = [s for s in sources if not any(fnmatch.fnmatch(s.volume_id, p) for p in exclude)]
     if max_per_group <= 0:
         return list(sources)
     group_of = group_of or (lambda s: f"{s.format}/{s.fixed_split}")

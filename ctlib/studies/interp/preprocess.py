@@ -68,12 +68,14 @@ def assign_splits(
     seed: int,
     held_out_patterns: Sequence[str] = (),
     same_patient_patterns: Sequence[str] = (),
+    train_patterns: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Add a ``split`` column: patient-wise and seeded.
 
     Volumes whose id matches one ``same_patient_patterns`` glob are one patient (e.g. a scan and a crop
-    of it); volumes whose id matches a ``held_out_patterns`` glob go to ``test``; sources with a split
-    of their own (OpenKBP's challenge split) keep it; the other patients are split by ``fractions``.
+    of it); volumes whose id matches a ``held_out_patterns`` glob go to ``test`` and a ``train_patterns``
+    glob to ``train`` (matching both is an error); sources with a split of their own (OpenKBP's challenge
+    split) keep it; the other patients are split by ``fractions``.
     """
     manifest = manifest.copy()
     for pattern in same_patient_patterns:
@@ -82,8 +84,14 @@ def assign_splits(
     cached = manifest[manifest["status"] == "cached"]
     fixed: dict[str, str] = {}
     for _, row in cached.iterrows():
-        if any(fnmatch.fnmatch(row["volume_id"], p) for p in held_out_patterns):
+        held_out = any(fnmatch.fnmatch(row["volume_id"], p) for p in held_out_patterns)
+        trained = any(fnmatch.fnmatch(row["volume_id"], p) for p in train_patterns)
+        if held_out and trained:
+            raise ValueError(f"{row['volume_id']}: matches both held_out_patterns and train_patterns")
+        if held_out:
             fixed[row["patient_id"]] = "test"
+        elif trained:
+            fixed[row["patient_id"]] = "train"
         elif isinstance(row["fixed_split"], str) and row["fixed_split"]:
             fixed.setdefault(row["patient_id"], row["fixed_split"])
     patients = sorted(set(cached["patient_id"]))

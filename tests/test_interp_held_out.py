@@ -27,14 +27,10 @@ def _discover(data_root) -> list[catalog.VolumeSource]:
 def _splits(data_root, **changes) -> dict[str, str]:
     defaults = {**run_params.notebook_defaults(NOTEBOOK), **changes}
     sources = catalog.select(_discover(data_root), exclude=defaults["exclude_patterns"])
-    manifest = pd.DataFrame([{"volume_id": s.volume_id, "patient_id": s.patient_id, "format": s.format,
-                              "fixed_split": s.fixed_split, "status": "cached"} for s in sources])
     fractions = {name: defaults[f"{name}_fraction"] for name in ("train", "validation", "test")}
-    manifest = preprocess.assign_splits(
-        manifest, fractions=fractions, seed=defaults["split_seed"],
-        held_out_patterns=defaults["held_out_patterns"], train_patterns=defaults["train_patterns"],
-        same_patient_patterns=defaults["same_patient_patterns"])
-    return dict(zip(manifest["volume_id"], manifest["split"], strict=True))
+    return preprocess.split_of_sources(
+        sources, fractions=fractions, seed=defaults["split_seed"],
+        **{key: defaults[key] for key in ("held_out_patterns", "train_patterns", "same_patient_patterns")})
 
 
 @pytest.mark.realdata

@@ -48,8 +48,9 @@ class Comparison:
 
     def scores(self) -> list[dict[str, Any]]:
         """One row per method: the protocol's PSNR (both windows), SSIM and slab residual."""
+        masks = interpolation.BodyMasks.of(self.pair, self.protocol)
         return [{"factor": self.pair.factor, "method": method,
-                 **interpolation.evaluate(estimate, self.pair, self.protocol)}
+                 **interpolation.evaluate(estimate, self.pair, self.protocol, masks)}
                 for method, estimate in self.estimates.items()]
 
     def consistency(self) -> dict[str, Any] | None:

@@ -101,6 +101,19 @@ def assign_splits(
     return manifest
 
 
+def split_of_sources(
+    sources: Sequence[VolumeSource], *, fractions: Mapping[str, float], seed: int, **patterns: Sequence[str]
+) -> dict[str, str]:
+    """``{volume_id: split}`` that ``assign_splits`` gives ``sources`` (all readable), without reading them.
+
+    ``patterns``: ``held_out_patterns``, ``train_patterns``, ``same_patient_patterns``.
+    """
+    manifest = pd.DataFrame([{"volume_id": s.volume_id, "patient_id": s.patient_id, "format": s.format,
+                              "fixed_split": s.fixed_split, "status": "cached"} for s in sources])
+    manifest = assign_splits(manifest, fractions=fractions, seed=seed, **patterns)
+    return dict(zip(manifest["volume_id"], manifest["split"], strict=True))
+
+
 def build_pairs(
     manifest: pd.DataFrame,
     cache_dir: str | os.PathLike,

@@ -83,19 +83,42 @@ class Protocol:
 DEFAULT = Protocol()
 
 
-def scored_mask(pair: thick_slices.ThickThinPair, protocol: Protocol = DEFAULT) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class BodyMasks:
+    """The body masks of a pair's thin truth and thick slices under one protocol, computed once per pair."""
+
+    thin: np.ndarray
+    thick: np.ndarray
+
+    @classmethod
+    def of(cls, pair: thick_slices.ThickThinPair, protocol: Protocol = DEFAULT) -> BodyMasks:
+        """Both masks of ``pair`` (the thick one for the slab residual)."""
+        return cls(thin=protocol.mask(pair.thin), thick=protocol.mask(pair.thick))
+
+
+def scored_mask(
+    pair: thick_slices.ThickThinPair, protocol: Protocol = DEFAULT, masks: BodyMasks | None = None
+) -> np.ndarray:
     """``(z, y, x)`` bool: synthesized thin slices inside the body of the ground truth."""
-    return pair.synthesized[:, None, None] & protocol.mask(pair.thin)
+    body = masks.thin if masks is not None else protocol.mask(pair.thin)
+    return pair.synthesized[:, None, None] & body
 
 
 def evaluate(
-    estimate: Volume | np.ndarray, pair: thick_slices.ThickThinPair, protocol: Protocol = DEFAULT
+    estimate: Volume | np.ndarray,
+    pair: thick_slices.ThickThinPair,
+    protocol: Protocol = DEFAULT,
+    masks: BodyMasks | None = None,
 ) -> dict[str, float]:
-    """PSNR (dB) in both windows, mean per-slice SSIM, and the slab residual (HU) of one estimate."""
+    """PSNR (dB) in both windows, mean per-slice SSIM, and the slab residual (HU) of one estimate.
+
+    ``masks`` (``BodyMasks.of(pair, protocol)``) saves recomputing the body masks for every estimate.
+    """
     array = estimate.array if isinstance(estimate, Volume) else np.asarray(estimate, dtype=np.float32)
     if array.shape != pair.thin.shape:
         raise ValueError(f"estimate has shape {array.shape}, the thin ground truth {pair.thin.shape}")
-    mask = scored_mask(pair, protocol)
+    masks = masks or BodyMasks.of(pair, protocol)
+    mask = scored_mask(pair, protocol, masks)
     result = {}
     for tag, window in (("full", PRIMARY), ("soft", protocol.soft_window)):
         result[f"psnr_{tag}_db"] = image_quality.psnr_hu(array, pair.thin.array, low_hu=window.low,
@@ -104,12 +127,15 @@ def evaluate(
     ssim = image_quality.ssim_slices_hu(array[synthesized], pair.thin.array[synthesized], low_hu=PRIMARY.low,
                                         high_hu=PRIMARY.high, mask=mask[synthesized])
     result["ssim_full"] = float(np.nanmean(ssim))
-    result["slab_residual_hu"] = slab_residual_hu(array, pair, protocol)
+    result["slab_residual_hu"] = slab_residual_hu(array, pair, protocol, masks.thick)
     return result
 
 
 def slab_residual_hu(
-    estimate_hu: np.ndarray, pair: thick_slices.ThickThinPair, protocol: Protocol = DEFAULT
+    estimate_hu: np.ndarray,
+    pair: thick_slices.ThickThinPair,
+    protocol: Protocol = DEFAULT,
+    thick_mask: np.ndarray | None = None,
 ) -> float:
     """Mean |slab average of the estimate - observed thick slice| in HU, inside the body.
 
@@ -120,7 +146,9 @@ def slab_residual_hu(
         pair.thin.with_array(estimate_hu), pair.factor, pair.mode, pair.slab
     )
     n = min(rethick.shape[0], pair.thick.shape[0])
-    inside = protocol.mask(pair.thick.with_array(pair.thick.array[:n]))
+    if thick_mask is None:
+        thick_mask = protocol.mask(pair.thick)
+    inside = thick_mask[:n]
     return mean_abs_residual_hu(rethick.array[:n], pair.thick.array[:n], inside)
 
 

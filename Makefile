@@ -16,7 +16,7 @@ ATEN_CPU_CAPABILITY ?= avx2
 ONEDNN_MAX_CPU_ISA ?= AVX2
 export ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA
 
-.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium mutation
+.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium mutation gpu-campaign
 
 venv: $(VENV)/.installed
 
@@ -81,6 +81,12 @@ mutation: venv
 	test -x $(VENV)/bin/mutmut || $(PY) -m pip install -q -e ".[dev,mutation]"
 	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(VENV)/bin/mutmut results | grep -v ': not checked$$' || true  # survivors, timeouts
+
+## gpu-campaign: the slice-interpolation chain with the gpu-campaign sets on one GPU (about 12 minutes on an H200),
+## metrics and checkpoints in $(CAMPAIGN_OUT) (bench/gpu_campaign.py; on the lent device see bench/device_pack.py)
+CAMPAIGN_OUT ?= gpu_campaign_out
+gpu-campaign: venv
+	$(PY) bench/gpu_campaign.py --out $(CAMPAIGN_OUT)
 
 index: venv
 	$(VENV)/bin/ctlib index --committed

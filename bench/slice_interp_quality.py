@@ -300,11 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, groups in table.items():
         for group, factors in groups.items():
             for factor, cell in factors.items():
-                scores = {
-                    m: round(v["psnr_full_db"], 2)
-                    for m, v in cell.items()
-                    if isinstance(v, dict) and "psnr_full_db" in v
-                }
+                scores = {m: round(v["psnr_full_db"], 2) for m, v in cell.items() if m in evaluation.METHODS}
                 print(
                     f"{name:8s} {group:14s} {factor}: {scores} best classical "
                     f"{cell['best_classical']['psnr_full_db']}"

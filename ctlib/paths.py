@@ -1,4 +1,4 @@
-"""Where things live: the repository root, real data ($CTLIB_DATA_DIR), runs/ and the embedded demo CT.
+"""Where things live: the repository root, real data ($CTLIB_DATA_DIR), runs/, weights/ and the embedded CT.
 
 Paths are resolved from the repository root, never from the working directory, so a notebook run by
 papermill from any folder finds the same files.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 DATA_ENV_VAR = "CTLIB_DATA_DIR"
 RUNS_ENV_VAR = "CTLIB_RUNS_DIR"
+WEIGHTS_ENV_VAR = "CTLIB_WEIGHTS_DIR"
 
 
 def repo_root() -> Path:
@@ -23,6 +24,13 @@ def runs_dir() -> Path:
     """Folder of run directories: ``$CTLIB_RUNS_DIR`` if set, else ``<repo>/runs``."""
     env = os.environ.get(RUNS_ENV_VAR)
     return Path(env).resolve() if env else repo_root() / "runs"
+
+
+def weights_dir() -> Path:
+    """Folder of released models (``<name>/model.safetensors`` ...): ``$CTLIB_WEIGHTS_DIR`` if set, else
+    ``<repo>/weights``."""
+    env = os.environ.get(WEIGHTS_ENV_VAR)
+    return Path(env).expanduser().resolve() if env else repo_root() / "weights"
 
 
 def data_dir(required: bool = True) -> Path | None:

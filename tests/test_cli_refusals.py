@@ -35,7 +35,10 @@ CASES = {
     "override without =": (["run", NOTEBOOK, "-P", "lr"], "expected an override of the form name=value"),
     "unknown parameter": (["run", NOTEBOOK, "-P", "nosuch=1"], "unknown parameter(s) ['nosuch']"),
     "wrong parameter type": (["run", NOTEBOOK, "-P", "steps=many"], "steps"),
-    "interpolate without run": (["interpolate", "a.nii", "b.nii"], "expected --run RUN_ID"),
+    "interpolate without run or release": (
+        ["interpolate", "README.md", "b.nii"],
+        "no released interpolation model",
+    ),
     "interpolate missing input": (
         ["interpolate", "nope.nii", "b.nii", "--run", "r"],
         "nope.nii: no such file",
@@ -59,7 +62,7 @@ PROBE = (
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_argument_is_refused_in_one_line_without_heavy_imports(name, tmp_path):
     argv, expected = CASES[name]
-    env_runs = {"CTLIB_RUNS_DIR": str(tmp_path / "runs")}
+    env_runs = {"CTLIB_RUNS_DIR": str(tmp_path / "runs"), "CTLIB_WEIGHTS_DIR": str(tmp_path / "weights")}
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(argv)],

@@ -8,5 +8,7 @@
 - ``pipeline``: full-volume inference in overlapping z-windows with data consistency.
 - ``scoring``: the protocol (synthesized slices only, in the body mask, named HU window).
 - ``evaluation``, ``ablation``, ``figures``: method comparison, sampler ablation, publication figures.
+- ``release`` and ``model_card``: trained runs exported to ``weights/`` (safetensors, config, card,
+  checksums) and loaded back without pickles.
 - ``cli``: ``ctlib interpolate``.
 """

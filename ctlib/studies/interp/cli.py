@@ -1,4 +1,5 @@
-"""``ctlib interpolate``: a thick CT series in, a thin one out, by a trained latent-diffusion run."""
+"""``ctlib interpolate``: a thick CT series in, a thin one out, by the released latent-diffusion model
+(``weights/slice_interp_diffusion``) or a trained run (``--run``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ from typing import Any
 EXIT_BAD_INPUT = 2
 SAMPLER_NAMES = ("ddim", "ddpm")  # the keys of ctlib.diffusion.samplers.SAMPLERS (a test keeps them equal)
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")  # what --device may name (torch.device syntax)
+DEFAULT_RELEASE = "slice_interp_diffusion"  # release.DEFAULT_INTERPOLATOR (a test keeps them equal)
+PLACEMENT = """\
+Where the thin slices go: n_thick * factor thin slices at spacing (thick spacing) / factor, centred
+within each thick slab. Thick slice k sits at thin index (factor - 1) / 2 + k * factor of the output
+(between two thin slices when factor is even), so the output starts (factor - 1) / 2 thin spacings
+before the first thick slice centre, along the slice normal:
+    output origin = first thick centre - (factor - 1) / 2 * thin spacing.
+Example: --factor 6 on 5 mm slices gives 0.833 mm slices; thick slice k lies at thin index 2.5 + 6 k,
+halfway between thin slices 6 k + 2 and 6 k + 3, and the output starts 2.083 mm before it. With data
+consistency (the default) the mean of thin slices 6 k .. 6 k + 5 equals thick slice k (a box slab; up to
+the rounding of the output to integer HU).
+
+Model: without --run, the released model in weights/slice_interp_diffusion ($CTLIB_WEIGHTS_DIR sets
+the weights folder; see weights/README.md); --run takes a diffusion run id, its folder or a checkpoint,
+or a release folder (weights/NAME).
+"""
 
 
 class _BadInput(Exception):
@@ -86,12 +103,12 @@ def _write_volume(volume: Any, path: str, kind: str, description: str, reference
                                        reference=reference)
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    """The checks that need no model and no volume: argument values, input and run present."""
+def _check_arguments(args: argparse.Namespace) -> Path | None:
+    """The checks that need no model and no volume: argument values, input and model present.
+
+    Returns the release folder to load (the default one without ``--run``), or None for a run."""
     if not args.input or not args.output:
-        raise _BadInput("expected IN and OUT: ctlib interpolate IN OUT --run RUN_ID [--factor N]")
-    if not args.run:
-        raise _BadInput("expected --run RUN_ID: the run of the diffusion notebook (or its checkpoint)")
+        raise _BadInput("expected IN and OUT: ctlib interpolate IN OUT [--run RUN_ID] [--factor N]")
     if args.factor is not None and args.factor < 2:
         raise _BadInput(f"--factor must be at least 2 (thin slices per thick slice), got {args.factor}")
     if args.samples < 1:
@@ -109,9 +126,41 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise _BadInput(f"{args.output}: OUT is the input; write the thin volume elsewhere")
     if args.std and Path(args.std).resolve() in (Path(args.output).resolve(), Path(args.input).resolve()):
         raise _BadInput(f"{args.std}: --std names IN or OUT; write the uncertainty map elsewhere")
-    _check_run(args.run)
-    if args.vae and not Path(args.vae).is_file():
-        raise _BadInput(f"{args.vae}: no such checkpoint file (--vae)")
+    if args.run and not _is_release(args.run):
+        _check_run(args.run)
+        if args.vae and not Path(args.vae).is_file():
+            raise _BadInput(f"{args.vae}: no such checkpoint file (--vae)")
+        return None
+    if args.vae:
+        raise _BadInput(f"{args.vae}: --vae goes with a diffusion run; a released model holds its own VAE")
+    if args.no_ema:
+        raise _BadInput("--no-ema goes with a diffusion run; a released model holds one set of weights")
+    return Path(args.run) if args.run else _check_release()
+
+
+def _is_release(run: str) -> bool:
+    """``--run`` names a release folder (``weights/<name>``, with its ``SHA256SUMS``)."""
+    from ctlib import release
+
+    return Path(run).is_dir() and (Path(run) / release.SUMS_FILE).is_file()
+
+
+def _check_release() -> Path:
+    """The default release must be present (its files are checked against their sums when loaded)."""
+    from ctlib import paths, release
+    from ctlib.errors import CTInputError
+
+    folder = paths.weights_dir() / DEFAULT_RELEASE
+    try:
+        return release.check_present(folder)
+    except CTInputError as err:
+        raise _BadInput(
+            f"{folder}: no released interpolation model yet ({err.problem}); pass --run RUN_ID (a diffusion "
+            "run, its folder or diffusion.pt), or train one (ctlib run "
+            "notebooks/slice_interp/2026-11-23_03_diffusion.ipynb -p gpu) and export it (python -m "
+            "ctlib.studies.interp.release export --diffusion-run RUN_ID --out weights/); "
+            f"${paths.WEIGHTS_ENV_VAR} sets the weights folder"
+        ) from None
 
 
 def _check_checkpoint_files(args: argparse.Namespace) -> None:
@@ -163,7 +212,7 @@ def _check_run(run: str) -> None:
 
 def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
     """``ctlib interpolate``: read, check, interpolate, write; ``_BadInput`` for unusable input."""
-    _check_arguments(args)  # every cheap check first: a refusal imports no torch and takes well under 1 s
+    release_folder = _check_arguments(args)  # every cheap check first: a refusal imports no torch, < 1 s
     out_kind = _output_kind(args.output, args.overwrite, "OUT")
     std_kind = _output_kind(args.std, args.overwrite, "--std") if args.std else None
     _check_checkpoint_files(args)
@@ -180,12 +229,19 @@ def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
         raise _BadInput(
             f"{args.input}: {thick.shape[0]} slice(s); need at least 2 thick slices to interpolate"
         )
-    interpolator = bundle.load_interpolator(args.run, vae_checkpoint=args.vae, use_ema=not args.no_ema,
-                                            device=args.device)
+    if release_folder is None:
+        model = str(args.run)
+        interpolator = bundle.load_interpolator(args.run, vae_checkpoint=args.vae, use_ema=not args.no_ema,
+                                                device=args.device)
+    else:
+        from ctlib.studies.interp import release
+
+        model = str(release_folder)
+        interpolator = release.load_released_interpolator(release_folder, device=args.device)
     factor = interpolator.spec.factor if args.factor is None else args.factor
     if factor != interpolator.spec.factor and not args.force_factor:
         raise _BadInput(
-            f"{args.run}: the model was trained at factor {interpolator.spec.factor}, asked for {factor}; "
+            f"{model}: the model was trained at factor {interpolator.spec.factor}, asked for {factor}; "
             "pass --force-factor to use it anyway"
         )
     result = pipeline.interpolate_volume(
@@ -216,6 +272,7 @@ def interpolate_file(args: argparse.Namespace) -> dict[str, Any]:
         "shape": list(mean.shape),
         "spacing_mm": [round(s, 6) for s in mean.spacing],
         "factor": factor,
+        "model": model,
         "residual_before_hu": round(result.residual_before_hu, 3),
         "residual_after_hu": round(result.residual_after_hu, 3),
         "seconds": round(result.seconds, 2),
@@ -243,12 +300,18 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: Any) -> None:
     """Register ``ctlib interpolate`` on the ``ctlib`` command's subparsers."""
-    interp = sub.add_parser("interpolate", help="thick CT in, thin CT out, by a trained latent-diffusion run")
+    interp = sub.add_parser(
+        "interpolate", help="thick CT in, thin CT out, by the released latent-diffusion model or a run",
+        description="Thick CT in (DICOM folder or NIfTI), thin CT out, by latent diffusion.",
+        epilog=PLACEMENT, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     interp.add_argument("input", nargs="?", help="thick CT: DICOM folder or NIfTI file")
     interp.add_argument(
         "output", nargs="?", help="thin CT: .nii / .nii.gz file, or a folder for a DICOM series"
     )
-    interp.add_argument("--run", help="diffusion run id (or its folder, or a diffusion.pt checkpoint)")
+    interp.add_argument(
+        "--run", help="diffusion run id, its folder or diffusion.pt, or a release folder (default: weights/)"
+    )
     interp.add_argument("--vae", help="VAE checkpoint, instead of the run named by the diffusion checkpoint")
     interp.add_argument("--factor", type=int, help="thin slices per thick slice (default: the model's)")
     interp.add_argument("--force-factor", action="store_true", help="allow a factor other than the model's")

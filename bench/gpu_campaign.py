@@ -11,8 +11,9 @@ Steps (each a recorded run of its notebook, each training loop bounded by ``max_
 
 Everything a later session needs comes back in ``--out`` (at most 8 files): ``campaign.json`` (run ids,
 status, seconds and trained steps per step, the budgets), ``quality.json``, ``speed.json``, ``runs.tar.gz``
-(the light archive of the runs: records, parameters, metrics, figures; no checkpoints) and one
-``<model>.pt`` per trained model when it fits the 16 MB limit per file (a ``ctlib.checkpoint``).
+(the light archive of the runs: records, parameters, metrics, figures; no checkpoints) and the released
+models (``ctlib.studies.interp.release``, float16 with its measured output change) as ``<name>.tar.partN``
+files of at most 16 MB each (``cat NAME.tar.part* > NAME.tar`` rebuilds a release folder for weights/).
 The steps can run in separate calls of a device that stays warm (``--steps preprocess models`` then
 ``--steps diffusion evaluate speed``): ``campaign.json`` in the runs folder carries the run ids across.
 
@@ -140,6 +141,81 @@ def _bench(script: str, out: Path, *arguments: str) -> None:
     subprocess.run(command, check=True)
 
 
+def card(state: dict[str, Any], out: Path, step: str) -> dict[str, Any]:
+    """What the model card states beyond the run records: data, split, held-out metrics and protocol."""
+    preprocess = state.get("preprocess", {})
+    counts = {k: v for k, v in preprocess.get("metrics", {}).items() if k.startswith("n_")}
+    info: dict[str, Any] = {
+        "training_data": f"train split of preprocessing run {preprocess.get('run_id')} ($CTLIB_DATA_DIR, "
+        f"parameter set {state.get('parameter_set') or 'defaults'}): {counts}",
+        "split": "patient-wise, seeded (notebooks/slice_interp/2026-11-23_01_preprocess.ipynb): held out = "
+        "OpenKBP test patients, the 2.5 mm chest CT, the aorta crop, the 1.0 mm upper-chest thin CT",
+        "notes": f"GPU campaign (bench/gpu_campaign.py), max_minutes {state.get('minutes')} per loop",
+    }
+    quality = out / "quality.json"
+    if quality.is_file():
+        report = json.loads(quality.read_text())
+        method = "diffusion" if step == "diffusion" else "regressor"
+        mode = report.get("model", {}) and report["model"].get("mode") or "slab"
+        cells = report.get("means", {}).get(mode, {})
+        info["metrics"] = {
+            f"{group} x6 {method} PSNR FULL (dB)": cell["x6"][method]["psnr_full_db"]
+            for group, cell in cells.items()
+            if method in cell.get("x6", {})
+        }
+        info["metrics"].update(
+            {
+                f"{group} x6 best classical PSNR FULL (dB)": cell["x6"][
+                    cell["x6"]["best_classical"]["psnr_full_db"]
+                ]["psnr_full_db"]
+                for group, cell in cells.items()
+                if "x6" in cell
+            }
+        )
+        info["protocol"] = report.get("protocol_text", "")
+    return info
+
+
+def export_weights(state: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[str]]:
+    """The trained models as releases (``ctlib.studies.interp.release``, float16, size budget checked), each
+    tarred into ``out`` and split into parts of at most 16 MB (``cat NAME.tar.part* > NAME.tar`` rebuilds it).
+    """
+    from ctlib.studies.interp import release
+
+    staging = out / "weights_staging"
+    exports = {
+        "slice_interp_diffusion": ("diffusion", release.export_interpolator),
+        "slice_interp_regressor": ("regressor", release.export_regressor),
+    }
+    written, left_out = {}, []
+    for name, (step, export) in exports.items():
+        if state.get(step, {}).get("status") != "completed":
+            continue
+        try:
+            export(state[step]["run_id"], staging, name=name, precision="fp16", card=card(state, out, step))
+        except Exception as err:  # the campaign's other results still come back
+            left_out.append(f"{name}: export failed: {type(err).__name__}: {err}")
+            continue
+        archive_path = out / f"{name}.tar"
+        with tarfile.open(archive_path, "w") as tar:
+            tar.add(staging / name, arcname=name)
+        written[name] = {"bytes": archive_path.stat().st_size, "parts": split_file(archive_path)}
+    shutil.rmtree(staging, ignore_errors=True)
+    return written, left_out
+
+
+def split_file(path: Path, part_bytes: int = MAX_FILE_BYTES) -> list[str]:
+    """Replace ``path`` by ``path.part0``, ``path.part1``, ... of at most ``part_bytes`` each."""
+    parts = []
+    with open(path, "rb") as source:
+        while chunk := source.read(part_bytes):
+            part = path.with_name(f"{path.name}.part{len(parts)}")
+            part.write_bytes(chunk)
+            parts.append(part.name)
+    path.unlink()
+    return parts
+
+
 def collect(state: dict[str, Any], out: Path) -> list[str]:
     """Write ``campaign.json``, the light archive of the runs and the checkpoints that fit into ``out``."""
     names = [n for n in ("preprocess", "vae", "regressor", "diffusion") if n in state]
@@ -154,15 +230,7 @@ def collect(state: dict[str, Any], out: Path) -> list[str]:
         with tarfile.open(out / "runs.tar.gz", "w:gz") as tar:
             tar.add(staging, arcname="experiments")
     shutil.rmtree(staging, ignore_errors=True)
-    left_out = []
-    for name, relative in CHECKPOINTS.items():
-        if name not in state or state[name]["status"] != "completed":
-            continue
-        source = execute.run_dir_of(state[name]["run_id"]) / relative
-        if source.is_file() and source.stat().st_size <= MAX_FILE_BYTES:
-            shutil.copyfile(source, out / f"{name}.pt")
-        elif source.is_file():
-            left_out.append(f"{name}.pt: {source.stat().st_size / 2**20:.1f} MB > 16 MB")
+    state["weights"], left_out = export_weights(state, out)
     state["left_out"] = left_out
     atomic.write_json(out / "campaign.json", state)
     return sorted(p.name for p in out.iterdir())

@@ -3,14 +3,17 @@ protocol metrics and timings, the uncertainty statistics, and the summary (tiny 
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from ctlib.data import phantom, windows
 from ctlib.models import latent_unet
 from ctlib.models import vae as vae_module
 from ctlib.studies.interp import ablation, bundle, latent_diffusion, pipeline, thick_slices
+from ctlib.studies.interp import figures as interp_figures
 from ctlib.studies.interp import scoring as interpolation
 
 TINY_VAE = vae_module.VAEConfig(channels=(8, 8, 8, 8), num_res_blocks=1, norm_num_groups=4)
@@ -89,6 +92,77 @@ def test_uncertainty_error_correlation_against_closed_forms():
     )
 
 
+def test_rank_correlation_is_one_for_any_monotone_relation_where_pearson_is_not():
+    rng = np.random.default_rng(1)
+    error = rng.normal(scale=50.0, size=(6, 30, 40))
+    mask = np.ones(error.shape, dtype=bool)
+    std = np.exp(np.abs(error) / 10.0)  # monotone in |error|, far from linear
+    assert ablation.uncertainty_rank_correlation(std, error, mask) == pytest.approx(1.0)
+    assert ablation.uncertainty_error_correlation(std, error, mask) < 0.8
+    assert ablation.uncertainty_rank_correlation(-std, error, mask) == pytest.approx(-1.0)
+    assert np.isnan(ablation.uncertainty_rank_correlation(np.ones_like(error), error, mask))
+    mask[:, :10] = False  # voxels outside the mask do not count, even when they break the order
+    assert ablation.uncertainty_rank_correlation(np.where(mask, std, -std), error, mask) == pytest.approx(1.0)
+    # a noisy relation: all voxels below max_voxels equal scipy; above it a seeded subsample
+    noisy = np.abs(error) + rng.normal(scale=40.0, size=error.shape)
+    full = stats.spearmanr(noisy[mask], np.abs(error[mask])).statistic
+    assert ablation.uncertainty_rank_correlation(noisy, error, mask) == pytest.approx(full)
+    few = [ablation.uncertainty_rank_correlation(noisy, error, mask, max_voxels=500, seed=seed)
+           for seed in (0, 0, 1)]
+    assert few[0] == few[1] != few[2] and few[0] == pytest.approx(full, abs=0.1)
+
+
+def test_error_by_uncertainty_of_gaussian_errors_is_calibrated_in_every_decile():
+    assert ablation.GAUSSIAN_ABS_RATIO == pytest.approx(np.sqrt(2.0 / np.pi))
+    rng = np.random.default_rng(2)
+    std = np.exp(rng.uniform(0.0, 5.0, size=(20, 100, 100)))  # 1 to 150 HU
+    mask = rng.random(std.shape) < 0.5
+    error = std * rng.normal(size=std.shape)  # error ~ N(0, std^2): calibrated
+    curve = ablation.error_by_uncertainty(std, error, mask)
+    assert list(curve["bin"]) == list(range(10)) and curve["voxels"].sum() == mask.sum()
+    assert curve["std_hu"].is_monotonic_increasing
+    np.testing.assert_allclose(curve["error_over_std"], np.sqrt(2.0 / np.pi), rtol=0.03)
+    overconfident = ablation.error_by_uncertainty(std, 2.0 * error, mask)  # errors twice what std says
+    np.testing.assert_allclose(overconfident["error_over_std"], 2.0 * np.sqrt(2.0 / np.pi), rtol=0.03)
+
+
+def test_calibration_plot_draws_one_line_per_curve_and_the_gaussian_reference():
+    curves = {f"volume {i}": pd.DataFrame({"std_hu": [1.0, 5.0, 9.0 + i], "abs_error_hu": [2.0, 6.0, 20.0]})
+              for i in range(3)}
+    fig = interp_figures.calibration_plot(curves, title="(a)")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == [*curves, "calibrated Gaussian, E|e| = 0.80 std"]
+    np.testing.assert_allclose(ax.get_lines()[2].get_xdata(), [1.0, 5.0, 11.0])
+    reference = ax.get_lines()[-1]
+    np.testing.assert_allclose(reference.get_xdata(), [0.0, 11.0])
+    np.testing.assert_allclose(reference.get_ydata(), [0.0, 11.0 * np.sqrt(2.0 / np.pi)])
+    assert ax.get_title() == "(a)"
+    plt.close(fig)
+
+
+def test_calibration_panels_split_by_volume_and_by_setting_with_the_same_k():
+    rows = []
+    for volume_id in ("a", "b"):
+        for steps, k in ((2, 2), (5, 2), (5, 4)):
+            setting = ablation.Setting("ddim", steps, 0.0, k)
+            for b in range(10):
+                rows.append({"volume_id": volume_id, "setting": setting.label, "sampler": "ddim",
+                             "steps": steps, "eta": 0.0, "samples": k, "bin": b, "std_hu": b + 1.0,
+                             "std_error_spearman": 0.1 * steps + (volume_id == "b"),
+                             "abs_error_hu": 2.0 * b + steps})
+    calibration = pd.DataFrame(rows, columns=ablation.CALIBRATION_COLUMNS)
+    fig = interp_figures.calibration_panels(calibration, "ddim 5 steps, eta 0, K=2", "a")
+    ax_v, ax_s = fig.axes
+    assert [line.get_label() for line in ax_v.get_lines()[:-1]] == ["a (rho 0.50)", "b (rho 1.50)"]
+    assert [line.get_label() for line in ax_s.get_lines()[:-1]] == [
+        "ddim 2 steps, eta 0, K=2 (rho 0.20)", "ddim 5 steps, eta 0, K=2 (rho 0.50)"]
+    np.testing.assert_allclose(ax_s.get_lines()[1].get_ydata(), 2.0 * np.arange(10) + 5)
+    assert ax_s.get_title() == "(b) per setting with K = 2, a"
+    with pytest.raises(ValueError, match="no curve"):
+        interp_figures.calibration_panels(calibration, "ddim 5 steps, eta 0, K=2", "c")
+    plt.close(fig)
+
+
 def test_error_by_uncertainty_bins_a_calibrated_map():
     std = np.linspace(1.0, 100.0, 1000).reshape(10, 10, 10)
     mask = np.ones(std.shape, dtype=bool)
@@ -116,8 +190,21 @@ def test_run_ablation_scores_every_setting_and_keeps_what_is_asked(interpolator)
     assert (table.loc[table["sampler"] == "ddpm", "steps"] == T).all()
     assert (table["unet_evals"] == table["steps"] * table["samples"]).all()  # one z-window
     single, multi = table[table["samples"] == 1], table[table["samples"] == 2]
-    assert single["std_error_corr"].isna().all() and single["std_mean_hu"].isna().all()
-    assert multi["std_error_corr"].between(-1, 1).all() and (multi["std_mean_hu"] > 0).all()
+    uncertainty = ["std_error_pearson", "std_error_spearman", "std_mean_hu"]
+    assert single[uncertainty].isna().all().all()
+    assert multi[["std_error_pearson", "std_error_spearman"]].stack().between(-1, 1).all()
+    assert (multi["std_mean_hu"] > 0).all()
+    # one calibration curve (std deciles) per run with K >= 2, carrying that run's Spearman rho
+    calibration = out.calibration
+    assert list(calibration.columns) == ablation.CALIBRATION_COLUMNS
+    runs = calibration.groupby(["volume_id", "setting"], sort=False)
+    assert runs.ngroups == len(multi) and (runs.size() == 10).all()
+    assert (runs["voxels"].sum() == int(interpolation.scored_mask(pairs["phantom_0"]).sum())).all()
+    merged = calibration.merge(multi, on=["volume_id", *ablation.SETTING_COLUMNS], suffixes=("", "_row"))
+    np.testing.assert_allclose(merged["std_error_spearman"], merged["std_error_spearman_row"])
+    table_u = ablation.uncertainty_table(table)
+    assert len(table_u) == len(multi) and table_u.columns[-1] == "goal rho >= 0.5"
+    assert (table_u["goal rho >= 0.5"] == (table_u["std_error_spearman"] >= 0.5)).all()
     # kept: exactly the asked results, with their std map
     (key, result), = out.kept.items()
     assert key == ("phantom_0", ablation.Setting("ddpm", T, 1.0, 2)) and result.std is not None

@@ -5,7 +5,9 @@ DDPM (Ho et al. 2020) only runs its full chain of ``num_train_timesteps`` steps 
 a respaced schedule, see ``ctlib.diffusion.samplers``); it is always stochastic and equals DDIM with
 eta = 1 on that chain, so its rows carry ``steps = T`` and ``eta = 1``. Every other sampler runs each
 ``steps`` x ``eta`` of the grid. With ``samples >= 2`` the per-voxel standard deviation of the samples
-is compared with the error of their mean (Pearson correlation over the scored voxels).
+is compared with the absolute error of their mean over the scored voxels: Spearman rank correlation (the
+goal is rho >= ``RANK_CORRELATION_GOAL``), Pearson correlation, and a calibration curve (mean |error| per
+decile of the std against a calibrated Gaussian's ``sqrt(2/pi) * std``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ctlib.diffusion import samplers
 from ctlib.studies.interp import pipeline, thick_slices
@@ -24,6 +27,11 @@ from ctlib.studies.interp.bundle import Interpolator
 
 FULL_CHAIN_SAMPLERS = ("ddpm",)  # samplers that only run all T steps (steps_list and etas do not apply)
 SETTING_COLUMNS = ["sampler", "steps", "eta", "samples"]
+RANK_CORRELATION_GOAL = 0.5  # issue 12.7: Spearman rho(std, |error|) per volume should reach this
+GAUSSIAN_ABS_RATIO = float(np.sqrt(2.0 / np.pi))  # E|e| / sigma for e ~ N(0, sigma^2)
+CALIBRATION_COLUMNS = ["volume_id", "setting", *SETTING_COLUMNS, "std_error_spearman", "bin", "std_hu",
+                       "abs_error_hu", "voxels", "error_over_std"]
+RANK_MAX_VOXELS = 200_000  # voxels drawn for the rank correlation (standard error ~ 1 / sqrt(n) = 0.002)
 METRIC_COLUMNS = [
     "psnr_full_db",
     "psnr_soft_db",
@@ -32,7 +40,8 @@ METRIC_COLUMNS = [
     "psnr_full_no_dc_db",
     "residual_before_hu",
     "std_mean_hu",
-    "std_error_corr",
+    "std_error_pearson",
+    "std_error_spearman",
     "unet_evals",
     "seconds",
     "seconds_per_step",
@@ -56,10 +65,12 @@ class Setting:
 
 @dataclasses.dataclass
 class AblationOutput:
-    """Rows of ``run_ablation`` (one per volume and setting) and the results the caller asked to keep."""
+    """Rows of ``run_ablation`` (one per volume and setting), the results the caller asked to keep, and
+    the calibration curves of every run with K >= 2 (``CALIBRATION_COLUMNS``, one row per std decile)."""
 
     table: pd.DataFrame
     kept: dict[tuple[str, Setting], pipeline.InterpolationResult]
+    calibration: pd.DataFrame
 
 
 def sampling_grid(
@@ -104,49 +115,88 @@ def sampling_grid(
 
 
 def uncertainty_error_correlation(std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray) -> float:
-    """Pearson correlation of the per-voxel std of the samples and |mean - truth| over ``mask``
-    (NaN if flat)."""
+    """Pearson correlation of the per-voxel std of the samples and |mean - truth| over ``mask``, all its
+    voxels (NaN if either is flat). Sensitive to the shape of the relation; see the rank correlation."""
     s, e = std_hu[mask].astype(np.float64), np.abs(error_hu[mask]).astype(np.float64)
     if s.size < 2 or s.std() == 0 or e.std() == 0:
         return float("nan")
     return float(np.corrcoef(s, e)[0, 1])
 
 
+def uncertainty_rank_correlation(
+    std_hu: np.ndarray,
+    error_hu: np.ndarray,
+    mask: np.ndarray,
+    *,
+    max_voxels: int = RANK_MAX_VOXELS,
+    seed: int = 0,
+) -> float:
+    """Spearman rank correlation (``scipy.stats.spearmanr``) of the per-voxel std and |mean - truth| over
+    ``mask`` (NaN if either is flat): 1 whenever the std grows monotonically with the error.
+
+    Ranking every scored voxel of a whole volume (tens of millions) is slow, so when ``mask`` holds more
+    than ``max_voxels`` voxels, ``max_voxels`` of them are drawn without replacement by
+    ``numpy.random.default_rng(seed)``: the same voxels for every call on the same mask.
+    """
+    index = np.flatnonzero(mask)
+    if index.size > max_voxels:
+        index = np.sort(np.random.default_rng(seed).choice(index, size=max_voxels, replace=False))
+    s = std_hu.reshape(-1)[index].astype(np.float64)
+    e = np.abs(error_hu.reshape(-1)[index]).astype(np.float64)
+    if s.size < 2 or s.min() == s.max() or e.min() == e.max():
+        return float("nan")
+    return float(stats.spearmanr(s, e).statistic)
+
+
 def error_by_uncertainty(
     std_hu: np.ndarray, error_hu: np.ndarray, mask: np.ndarray, bins: int = 10
 ) -> pd.DataFrame:
-    """Mean |error| per quantile bin of the std over ``mask`` (a calibration curve): columns
-    ``std_hu`` (bin mean), ``abs_error_hu`` (bin mean), ``voxels``; one row per non-empty bin."""
+    """Calibration curve of an uncertainty map: mean |error| per quantile bin (deciles by default) of the
+    std over ``mask``, one row per non-empty bin: ``bin`` (its index), ``std_hu`` and ``abs_error_hu``
+    (means), ``voxels`` and ``error_over_std`` (their ratio). A calibrated Gaussian (error ~ N(0, std^2))
+    gives ``error_over_std = GAUSSIAN_ABS_RATIO`` = sqrt(2/pi) = 0.80 in every bin; above it the map is
+    overconfident, below it underconfident. With K samples and a truth drawn like them, the error of
+    their mean has std * sqrt(1 + 1/K); a small K also makes the std itself noisy, which flattens the curve.
+    """
     s, e = std_hu[mask].astype(np.float64), np.abs(error_hu[mask]).astype(np.float64)
     if s.size == 0:
-        return pd.DataFrame(columns=["std_hu", "abs_error_hu", "voxels"])
+        return pd.DataFrame(columns=["bin", "std_hu", "abs_error_hu", "voxels", "error_over_std"])
     edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, bins + 1)))
     which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, max(len(edges) - 2, 0))
-    frame = pd.DataFrame({"bin": which, "std_hu": s, "abs_error_hu": e})
-    out = frame.groupby("bin").agg(std_hu=("std_hu", "mean"), abs_error_hu=("abs_error_hu", "mean"),
-                                   voxels=("std_hu", "size"))
-    return out.reset_index(drop=True)
+    voxels = np.bincount(which, minlength=max(len(edges) - 1, 1))
+    filled = voxels > 0
+    std_mean = np.bincount(which, weights=s, minlength=voxels.size)[filled] / voxels[filled]
+    error_mean = np.bincount(which, weights=e, minlength=voxels.size)[filled] / voxels[filled]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(std_mean > 0, error_mean / std_mean, np.nan)
+    return pd.DataFrame({"bin": np.flatnonzero(filled), "std_hu": std_mean, "abs_error_hu": error_mean,
+                         "voxels": voxels[filled], "error_over_std": ratio})
 
 
-def score(result: pipeline.InterpolationResult, pair: thick_slices.ThickThinPair) -> dict[str, float]:
-    """Protocol metrics of one sampling result, its timing, and (K >= 2) the uncertainty statistics."""
+def score(
+    result: pipeline.InterpolationResult, pair: thick_slices.ThickThinPair
+) -> tuple[dict[str, float], pd.DataFrame | None]:
+    """Protocol metrics of one sampling result, its timing, and (K >= 2) the uncertainty statistics and
+    the calibration curve (``error_by_uncertainty``, else None)."""
     row = interpolation.evaluate(result.mean, pair)
     row["psnr_full_no_dc_db"] = (interpolation.evaluate(result.raw, pair)["psnr_full_db"]
                                  if result.raw is not None else float("nan"))
     row["residual_before_hu"] = result.residual_before_hu
+    curve = None
     if result.std is not None:
         mask = interpolation.scored_mask(pair)
+        error = result.mean.array - pair.thin.array
         row["std_mean_hu"] = float(result.std.array[mask].mean())
-        row["std_error_corr"] = uncertainty_error_correlation(
-            result.std.array, result.mean.array - pair.thin.array, mask
-        )
+        row["std_error_pearson"] = uncertainty_error_correlation(result.std.array, error, mask)
+        row["std_error_spearman"] = uncertainty_rank_correlation(result.std.array, error, mask)
+        curve = error_by_uncertainty(result.std.array, error, mask)
     else:
-        row["std_mean_hu"] = row["std_error_corr"] = float("nan")
+        row["std_mean_hu"] = row["std_error_pearson"] = row["std_error_spearman"] = float("nan")
     # network cost, independent of the machine: U-Net calls over all z-windows and samples
     row["unet_evals"] = result.settings["steps"] * result.settings["samples"] * len(result.windows)
     row["seconds"] = result.seconds
     row["seconds_per_step"] = result.seconds_per_step
-    return row
+    return row, curve
 
 
 def run_ablation(
@@ -167,10 +217,10 @@ def run_ablation(
     ``keep(volume_id, setting)`` says which full results to return (they hold volumes: keep few);
     ``log`` receives one line per run. The table has ``volume_id``, the ``SETTING_COLUMNS`` and the
     ``METRIC_COLUMNS`` (PSNR in dB, SSIM, residuals and std in HU, U-Net calls, seconds per volume and
-    per step).
+    per step); the calibration frame has ``CALIBRATION_COLUMNS``.
     """
     grid = list(grid)
-    rows, kept = [], {}
+    rows, kept, curves = [], {}, []
     for volume_id, pair in pairs.items():
         for setting in grid:
             t0 = time.perf_counter()
@@ -178,14 +228,29 @@ def run_ablation(
                 pair.thick, interpolator, factor=pair.factor, sampler=setting.sampler, steps=setting.steps,
                 eta=setting.eta, samples=setting.samples, window_depth=window_depth, seed=seed, chunk=chunk,
                 bf16=bf16, progress=False, return_raw=True)
-            rows.append({"volume_id": volume_id, **dataclasses.asdict(setting), **score(result, pair)})
+            metrics, curve = score(result, pair)
+            rows.append({"volume_id": volume_id, **dataclasses.asdict(setting), **metrics})
+            if curve is not None:
+                curves.append(curve.assign(volume_id=volume_id, setting=setting.label,
+                                           **dataclasses.asdict(setting),
+                                           std_error_spearman=metrics["std_error_spearman"]))
             if keep is not None and keep(volume_id, setting):
                 kept[(volume_id, setting)] = result
             if log is not None:
                 log(f"{volume_id}: {setting.label}: {rows[-1]['psnr_full_db']:.2f} dB, "
                     f"{time.perf_counter() - t0:.1f} s")
     table = pd.DataFrame(rows, columns=["volume_id", *SETTING_COLUMNS, *METRIC_COLUMNS])
-    return AblationOutput(table, kept)
+    calibration = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return AblationOutput(table, kept, calibration.reindex(columns=CALIBRATION_COLUMNS))
+
+
+def uncertainty_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per volume and setting with K >= 2: mean std, Pearson r and Spearman rho of std vs |error|, and
+    whether rho reaches ``RANK_CORRELATION_GOAL`` (column named after the goal)."""
+    rows = table.loc[table["samples"] >= 2, ["volume_id", *SETTING_COLUMNS, "std_mean_hu",
+                                              "std_error_pearson", "std_error_spearman"]]
+    goal = rows["std_error_spearman"] >= RANK_CORRELATION_GOAL
+    return rows.assign(**{f"goal rho >= {RANK_CORRELATION_GOAL:g}": goal}).reset_index(drop=True)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:

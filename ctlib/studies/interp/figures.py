@@ -24,6 +24,7 @@ from ctlib.viz import panels
 View = Literal["axial", "coronal", "sagittal"]
 VIEWS: tuple[str, ...] = get_args(View)
 MAP_CMAP = "magma"  # perceptually uniform, readable in greyscale print
+GAUSSIAN_ABS_RATIO = float(np.sqrt(2.0 / np.pi))  # E|e| / sigma for e ~ N(0, sigma^2), as in ablation.py
 
 
 def farthest_from_thick(thin_index_of_thick: np.ndarray, n_thin: int) -> int:
@@ -199,20 +200,59 @@ def ablation_curves(
     return fig
 
 
-def calibration_plot(curve: pd.DataFrame, correlation: float, ax: plt.Axes | None = None) -> plt.Figure:
-    """Mean |error| per quantile bin of the per-voxel std (``ablation.error_by_uncertainty``), against
-    the identity line; the title gives the voxel-wise Pearson correlation."""
+def calibration_plot(
+    curves: pd.DataFrame | Mapping[str, pd.DataFrame],
+    correlation: float | None = None,
+    ax: plt.Axes | None = None,
+    *,
+    title: str | None = None,
+) -> plt.Figure:
+    """Calibration curves of an uncertainty map: mean |error| per quantile bin of the per-voxel std
+    (``ablation.error_by_uncertainty``), one line per curve (labelled by the mapping's keys), against a
+    calibrated Gaussian's E|e| = sqrt(2/pi) * std (dotted, last line). The title is ``title``, else the
+    Pearson r when ``correlation`` is given."""
+    if isinstance(curves, pd.DataFrame):
+        curves = {"quantile bins of std": curves}
     if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
+        fig, ax = plt.subplots(figsize=(4.6, 4.2), layout="constrained")
     else:
         fig = ax.figure
-    ax.plot(curve["std_hu"], curve["abs_error_hu"], "o-", label="quantile bins of std")
-    top = float(max(curve["std_hu"].max(), curve["abs_error_hu"].max())) if len(curve) else 1.0
-    ax.plot([0, top], [0, top], ":", color="0.4", label="|error| = std")
-    ax.set_xlabel("std of the samples (HU)")
+    colours = ([f"C{i}" for i in range(len(curves))] if len(curves) <= 8
+               else list(plt.cm.viridis(np.linspace(0.0, 0.9, len(curves)))))
+    top = 1.0
+    for (label, curve), colour in zip(curves.items(), colours, strict=True):
+        ax.plot(curve["std_hu"], curve["abs_error_hu"], "o-", color=colour, markersize=4, label=label)
+        if len(curve):
+            top = max(top, float(curve["std_hu"].max()))
+    ax.plot([0.0, top], [0.0, GAUSSIAN_ABS_RATIO * top], ":", color="0.3",
+            label="calibrated Gaussian, E|e| = 0.80 std")
+    ax.set_xlim(left=0.0)
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel("std of the samples (HU), bin mean")
     ax.set_ylabel("mean |error| (HU)")
-    ax.set_title(f"Pearson r = {correlation:.2f}", fontsize=12)
-    ax.legend(fontsize=10)
+    if title is not None or correlation is not None:
+        ax.set_title(title if title is not None else f"Pearson r = {correlation:.2f}", fontsize=12)
+    ax.legend(fontsize=8 if len(curves) > 4 else 10)
+    return fig
+
+
+def calibration_panels(calibration: pd.DataFrame, setting: str, volume_id: str) -> plt.Figure:
+    """Calibration curves of the sampling ablation (``ablation.AblationOutput.calibration``, deciles of the
+    std): (a) one line per volume at ``setting`` (a ``Setting.label``); (b) one line per setting with the
+    same number of samples K on ``volume_id``. Legends give each run's Spearman rho(std, |error|)."""
+    chosen = calibration[calibration["setting"] == setting]
+    if chosen.empty or volume_id not in set(calibration["volume_id"]):
+        raise ValueError(f"calibration_panels: no curve for setting {setting!r} or volume {volume_id!r}")
+    k = int(chosen["samples"].iloc[0])
+    fig, (ax_v, ax_s) = plt.subplots(1, 2, figsize=(10.0, 4.4), layout="constrained")
+
+    def lines(frame: pd.DataFrame, by: str) -> dict[str, pd.DataFrame]:
+        return {f"{name} (rho {group['std_error_spearman'].iloc[0]:.2f})": group
+                for name, group in frame.groupby(by, sort=False)}
+
+    calibration_plot(lines(chosen, "volume_id"), ax=ax_v, title=f"(a) per volume, {setting}")
+    same_k = calibration[(calibration["volume_id"] == volume_id) & (calibration["samples"] == k)]
+    calibration_plot(lines(same_k, "setting"), ax=ax_s, title=f"(b) per setting with K = {k}, {volume_id}")
     return fig
 
 

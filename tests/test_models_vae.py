@@ -165,3 +165,20 @@ def test_pad_inplane_edge_pads_the_far_ends_only():
     np.testing.assert_array_equal(padded[:, :5, :3], a)
     np.testing.assert_array_equal(padded[:, 7, :3], a[:, 4, :])
     assert vae_module.pad_inplane(padded, 4) is padded
+
+
+def test_foreground_weight_counts_body_errors_more():
+    """An error on the body (above the level) weighs 1 + w times one on air; w = 0 is the plain L1."""
+    target = torch.full((1, 1, 4, 4), -1.0)
+    target[..., :2, :] = 0.0  # half the image is 'body'
+    body_error, air_error = target.clone(), target.clone()
+    body_error[..., 0, 0] += 0.5
+    air_error[..., 3, 3] += 0.5
+    mu, sigma = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    plain = [vae_module.vae_loss(r, target, mu, sigma, kl_weight=0.0)[1]["l1"]
+             for r in (body_error, air_error)]
+    assert plain[0] == pytest.approx(plain[1]) == pytest.approx(0.5 / 16)
+    weighted = [vae_module.vae_loss(r, target, mu, sigma, kl_weight=0.0, foreground_weight=9.0,
+                                    foreground_level=-0.5)[1]["l1"] for r in (body_error, air_error)]
+    # weights: 8 body pixels x 10 + 8 air pixels x 1 = 88
+    assert weighted[0] == pytest.approx(10 * 0.5 / 88) and weighted[1] == pytest.approx(0.5 / 88)

@@ -225,14 +225,25 @@ def vae_loss(
     kl_weight: float,
     ssim_weight: float = 0.0,
     gradient_weight: float = 0.0,
+    foreground_weight: float = 0.0,
+    foreground_level: float = -1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L1 + kl_weight * KL (+ ssim_weight * (1 - SSIM) + gradient_weight * gradient L1) and its components.
 
     Images are ``(B, 1, H, W)`` in ``[-1, 1]``, so SSIM uses ``data_range=2`` (MONAI ``SSIMLoss``,
-    Gaussian window 11, sigma 1.5). Terms with zero weight are not computed.
+    Gaussian window 11, sigma 1.5). Terms with zero weight are not computed. ``foreground_weight`` > 0
+    weighs the L1 of target pixels above ``foreground_level`` (e.g. -500 HU normalized: the body)
+    ``1 + foreground_weight`` times the others, normalized by the mean weight: a whole OpenKBP slice is
+    mostly air, which a plain L1 rewards reconstructing while the body stays blurred.
     """
     recon, target = recon.float(), target.float()
-    terms = {"l1": F.l1_loss(recon, target), "kl": kl_divergence(z_mu, z_sigma)}
+    error = (recon - target).abs()
+    if foreground_weight:
+        weight = 1.0 + foreground_weight * (target > foreground_level).float()
+        l1 = (weight * error).sum() / weight.sum()
+    else:
+        l1 = error.mean()
+    terms = {"l1": l1, "kl": kl_divergence(z_mu, z_sigma)}
     total = terms["l1"] + kl_weight * terms["kl"]
     if ssim_weight:
         terms["ssim_loss"] = _ssim_loss(recon.ndim - 2, 2.0)(recon, target)
@@ -293,6 +304,8 @@ class VAELossModule(nn.Module):
         discriminator: nn.Module | None = None,
         adversarial_weight: float = 0.0,
         adversarial_kind: AdversarialKind = "hinge",
+        foreground_weight: float = 0.0,
+        foreground_level: float = -1.0,
     ) -> None:
         super().__init__()
         if adversarial_weight and discriminator is None:
@@ -309,6 +322,8 @@ class VAELossModule(nn.Module):
             "kl_weight": kl_weight,
             "ssim_weight": ssim_weight,
             "gradient_weight": gradient_weight,
+            "foreground_weight": foreground_weight,
+            "foreground_level": foreground_level,
         }
         self.adversarial_weight = float(adversarial_weight)
         self.adversarial_kind = adversarial_kind

@@ -20,6 +20,19 @@ The steps can run in separate calls of a device that stays warm (``--steps prepr
 GPU (one H200, about 12 minutes in all; parameter sets ``gpu-campaign``)::
 
     python bench/gpu_campaign.py --out $OUT
+
+On this workplace's device machine (python3 3.12 with torch; no package index, no ../shared/data): first
+``python bench/device_pack.py`` here (the missing wheels in .whl/, 10 MiB; a real-CT subset laid out like
+../shared/data in .campaign_data/, 33 MiB; 58 MiB with the tree, of the 64 that travel), then two calls
+with carry [".whl", ".campaign_data"] and timeout_s 600, the second within the 30 s the machine stays warm
+(one command runs at most 10 minutes; /tmp keeps the runs between them)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+.whl/*.whl && export PYTHONPATH=/tmp/site:$PWD CTLIB_DATA_DIR=$PWD/.campaign_data \
+CTLIB_RUNS_DIR=/tmp/campaign_runs PYTHONUNBUFFERED=1 && python3 bench/gpu_campaign.py --out $OUT \
+--steps preprocess models
+    (the same command ending in) --steps diffusion evaluate speed
+
 CPU check of the same code path (the notebooks' tiny defaults on embedded data, a few minutes)::
 
     python bench/gpu_campaign.py --out /tmp/campaign --parameter-set "" --minutes 0.5 --speed-size 64 8

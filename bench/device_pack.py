@@ -222,8 +222,8 @@ def check_wheels(folder: Path) -> list[str]:
 
 # -------------------------------------------------------------------------------------------- data
 THIN_CT = (  # (path, slices kept around the middle; 0 keeps all)
-    ("thin_ct/cptac-gbm_C3N-01192_head_1.25mm.nii.gz", 80),  # train: the seed's regime; of 160
-    ("thin_ct/lung-fused-ct-pathology_LungFCP-01-0001_chest_2mm-1mm.nii.gz", 72),  # test; of 98
+    ("thin_ct/cptac-gbm_C3N-01192_head_1.25mm.nii.gz", 64),  # train: the seed's regime; of 160
+    ("thin_ct/lung-fused-ct-pathology_LungFCP-01-0001_chest_2mm-1mm.nii.gz", 48),  # test; of 98
 )
 COPIED = ("README.md", "thin_ct/SOURCE.md", "openkbp/SOURCE.md", "totalseg_example/SOURCE.md",
           "totalseg_example/aorta_ct_cropped_1.5mm.nii.gz")  # test: the aorta crop, as it is

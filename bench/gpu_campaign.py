@@ -205,7 +205,9 @@ def export_weights(state: dict[str, Any], out: Path) -> tuple[dict[str, Any], li
         if state.get(step, {}).get("status") != "completed":
             continue
         try:
-            export(state[step]["run_id"], staging, name=name, precision="fp16", card=card(state, out, step))
+            export(
+                state[step]["run_id"], staging, name=name, precision="float16", card=card(state, out, step)
+            )
         except Exception as err:  # the campaign's other results still come back
             left_out.append(f"{name}: export failed: {type(err).__name__}: {err}")
             continue

@@ -24,7 +24,7 @@ from test_interp_regression import save_regressor
 
 from ctlib import cli, paths
 from ctlib import release as core
-from ctlib.data import phantom
+from ctlib.data import phantom, windows
 from ctlib.diffusion.ema import EMA
 from ctlib.errors import CTInputError
 from ctlib.io import nifti
@@ -283,3 +283,9 @@ def test_help_states_where_thin_slices_go_as_the_upsampler_places_them(capsys):
     np.testing.assert_allclose(thin.slice_positions()[0], thick.slice_positions()[0] - [0, 0, 2.5 * 5 / 6])
     halfway = (thin.slice_positions()[2::6] + thin.slice_positions()[3::6]) / 2
     np.testing.assert_allclose(halfway, thick.slice_positions(), atol=1e-9)
+
+
+def test_an_unknown_precision_is_refused():
+    """Before: 'fp16' (not a Precision) fell through to the 'auto' decision without a word."""
+    with pytest.raises(ValueError, match="precision must be 'auto', 'float16' or 'float32', got 'fp16'"):
+        release._decide({}, lambda state: np.zeros(1), "fp16", 1.0, windows.FULL, "x", "y")

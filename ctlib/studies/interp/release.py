@@ -71,6 +71,8 @@ def _decide(
     precision: Precision, tolerance_hu: float, window: windows.HUWindow, described: str, settings: str,
 ) -> core.PrecisionDecision:
     metric = f"outputs with float16-rounded vs float32 weights ({settings})"
+    if precision not in ("auto", "float16", "float32"):
+        raise ValueError(f"precision must be 'auto', 'float16' or 'float32', got {precision!r}")
     if precision == "float32":
         return core.PrecisionDecision("float32", "float32 asked for (not measured)", metric, "HU",
                                       tolerance_hu)

@@ -37,9 +37,11 @@ def fake_run(run_id: str, stem: str) -> object:
 
 
 def make_diffusion_run(
-    factor: int = 4, *, seed: int = 0, ema: bool = True, run_id: str = "diffusion_run"
+    factor: int = 4, *, seed: int = 0, ema: bool = True, run_id: str = "diffusion_run",
+    spec: latent_diffusion.InterpDiffusionSpec | None = None, regressor_run_id: str | None = None,
 ) -> str:
-    """A VAE run and a diffusion run holding tiny random models, following the checkpoint contract."""
+    """A VAE run and a diffusion run holding tiny random models, following the checkpoint contract
+    (``spec`` default: the plain model at ``factor``; ``regressor_run_id`` goes into ``extra``)."""
     torch.manual_seed(seed)
     record = windows.normalization_record(windows.FULL)
     vae = vae_module.build_vae(TINY_VAE)
@@ -47,7 +49,7 @@ def make_diffusion_run(
     checkpoint_io.save_checkpoint(vae_dir / "checkpoints" / "vae.pt", model_state=vae.state_dict(),
                                   config={"model": TINY_VAE.to_dict()}, normalization=record,
                                   extra={"scale_factor": 0.8}, rng_state=False)
-    spec = latent_diffusion.InterpDiffusionSpec(factor=factor)
+    spec = spec or latent_diffusion.InterpDiffusionSpec(factor=factor)
     module = latent_diffusion.LatentDiffusionLoss(
         latent_unet.build_latent_unet(TINY_UNET), vae, scale_factor=0.8, spec=spec, depth_multiple=2
     )
@@ -60,7 +62,8 @@ def make_diffusion_run(
     checkpoint_io.save_checkpoint(
         run_dir / "checkpoints" / "diffusion.pt", model_state=module.state_dict(),
         config={"model": {"unet": TINY_UNET.to_dict(), "spec": spec.to_dict()}}, normalization=record,
-        extra={"vae_run_id": vae_dir.name, "preprocess_run_id": "none", "scale_factor": 0.8},
+        extra={"vae_run_id": vae_dir.name, "preprocess_run_id": "none", "scale_factor": 0.8,
+               "regressor_run_id": regressor_run_id},
         ema_state=averaged.state_dict() if ema else None, rng_state=False)
     return run_id
 

@@ -13,6 +13,8 @@ Steps (Rombach et al. 2022 with a 3D denoiser over per-slice 2D latents):
    that covers z starts from the same noise and the result hardly depends on the window layout; the
    per-step noise (eta > 0) is seeded by ``(seed, sample, window)``.
 4. Latents are decoded slice by slice (``chunk`` per call) and mapped back to HU (``SliceCodec``).
+   Residual models (``spec.baseline`` "linear" or "regressor", ``latent_diffusion``) condition on the
+   latents of the baseline estimate B instead and decode a difference: ``B + D(z(B) + x0 / s) - D(z(B))``.
 5. Data consistency (optional): each slab of thin slices is shifted per pixel so that its mean equals
    the observed thick slice (``slab``), or the observed slices are set (``decimate``).
 6. ``samples`` draws give the per-voxel mean and standard deviation (uncertainty) in HU.
@@ -34,10 +36,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ctlib.data import body_mask
+from ctlib.data import body_mask, windows
 from ctlib.diffusion import samplers
 from ctlib.diffusion.denoiser import Denoiser
 from ctlib.io.volume import Volume
+from ctlib.models import regressor as regressor_module
 from ctlib.models.slice_codec import SliceCodec
 from ctlib.studies.interp import scoring as interpolation
 from ctlib.studies.interp import thick_slices
@@ -246,6 +249,16 @@ def sample_latents(
     return latents
 
 
+def baseline_estimate(linear: Volume, interpolator: Interpolator) -> np.ndarray:
+    """The baseline B ``(n_thin, y, x)`` in HU a residual model corrects: the linear z-interpolation, or the
+    regressor's correction of it (Gaussian-blended sliding windows, not clipped: as in training)."""
+    if interpolator.spec.baseline != "regressor":
+        return linear.array
+    x = torch.from_numpy(windows.normalize(linear.array, interpolator.window))[None, None]
+    y = regressor_module.predict_volume(interpolator.regressor, x.to(interpolator.device))
+    return windows.denormalize(y[0, 0].float().cpu().numpy(), interpolator.window)
+
+
 def _running_mean(mean: np.ndarray | None, x: np.ndarray, count: int) -> np.ndarray:
     """The mean of ``count`` arrays from the mean of the first ``count - 1`` and the last one, ``x``
     (a new array: never ``x`` itself, which the caller may change in place)."""
@@ -308,8 +321,11 @@ def interpolate_volume(
         precision = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     codec = SliceCodec(interpolator.vae, interpolator.window, interpolator.scale_factor, chunk=opts.chunk,
                        multiple=interpolator.inplane_multiple, device=device, precision=precision)
-    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)  # thin grid and condition
-    cond = codec.encode(linear.array)[None]
+    linear = thick_slices.upsample_z(thick, factor, "linear", n_thin=n_thin)  # the thin grid
+    spec = interpolator.spec
+    base = baseline_estimate(linear, interpolator) if spec.residual else linear.array
+    cond = codec.encode(base)[None]
+    base_decoded = codec.decode(cond[0], thick.shape[1:]) if spec.residual else None  # D(z(B))
     denoiser = Denoiser(interpolator.unet, interpolator.spec.prediction, interpolator.spec.noise_schedule(),
                         depth_multiple=interpolator.depth_multiple, precision=precision)
     blocks, mode = _consistency_blocks(thick, linear, factor, opts.consistency)
@@ -322,8 +338,12 @@ def interpolate_volume(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         sampling_s += time.perf_counter() - t0
+        if spec.residual:
+            latents = cond + latents / spec.residual_scale
         hu = codec.decode(latents[0], thick.shape[1:])
         del latents
+        if base_decoded is not None:
+            hu += base - base_decoded  # B + D(z) - D(z(B)): the VAE's error on B cancels
         if opts.return_raw:
             raw_mean = _running_mean(raw_mean, hu, k + 1)
         before_mean = _running_mean(before_mean, block_means(hu, blocks), k + 1)

@@ -120,17 +120,23 @@ def prepare_interpolator(
     info = model_card.card_info(card)  # a bad card file is refused before the models are read
     run = run_kinds.DiffusionRun.load(diffusion_run_id_or_checkpoint, use_ema=use_ema)
     vae_run = run.load_vae(vae_checkpoint)
+    reg_run = run.load_regressor() if run.spec.baseline == "regressor" else None
     interp = bundle.Interpolator(vae=vae_run.vae, unet=run.unet, spec=run.spec, scale_factor=run.scale_factor,
                                  window=run.window, depth_multiple=run.depth_multiple,
-                                 device=bundle.resolve_device(device))
+                                 device=bundle.resolve_device(device),
+                                 regressor=None if reg_run is None else reg_run.model)
     state = {**{f"vae.{k}": v for k, v in interp.vae.state_dict().items()},
              **{f"unet.{k}": v for k, v in interp.unet.state_dict().items()}}
+    if interp.regressor is not None:
+        state.update({f"regressor.{k}": v for k, v in interp.regressor.state_dict().items()})
     state = core.to_dtype(state, "float32")
     thick, described = measurement_volume(test_input, run.spec.factor, run.spec.mode)
 
     def evaluate(tensors: dict[str, torch.Tensor]) -> np.ndarray:
         _load_into(interp.vae, tensors, "vae.")
         _load_into(interp.unet, tensors, "unet.")
+        if interp.regressor is not None:
+            _load_into(interp.regressor, tensors, "regressor.")
         out = pipeline.interpolate_volume(thick, interp, steps=steps, seed=0, progress=False,
                                           data_consistency=False)
         return out.mean.array
@@ -140,13 +146,19 @@ def prepare_interpolator(
     sources = {"diffusion": _source(run.path, step=run.step, weights=run.weights,
                                     preprocess_run_id=run.preprocess_run_id),
                "vae": _source(vae_run.path, step=vae_run.step, preprocess_run_id=vae_run.preprocess_run_id)}
+    components = {"vae": {"prefix": "vae.", "network": "monai AutoencoderKL (2D)",
+                          "config": vae_run.config.to_dict()},
+                  "unet": {"prefix": "unet.", "network": "monai DiffusionModelUNet (3D)",
+                           "config": run.unet_config.to_dict()}}
+    if reg_run is not None:
+        sources["regressor"] = _source(reg_run.path, step=reg_run.step, weights=reg_run.weights,
+                                       preprocess_run_id=reg_run.preprocess_run_id)
+        components["regressor"] = {"prefix": "regressor.", "network": "monai BasicUNet (3D), residual",
+                                   "config": reg_run.config.to_dict()}
     spec = run.spec
     config = {
         "kind": KIND_INTERPOLATOR,
-        "components": {"vae": {"prefix": "vae.", "network": "monai AutoencoderKL (2D)",
-                               "config": vae_run.config.to_dict()},
-                       "unet": {"prefix": "unet.", "network": "monai DiffusionModelUNet (3D)",
-                                "config": run.unet_config.to_dict()}},
+        "components": components,
         "normalization": run.normalization, "scale_factor": run.scale_factor, "spec": spec.to_dict(),
         "factor": spec.factor, "mode": spec.mode, "depth_multiple": run.depth_multiple,
         "weights": run.weights, "precision": decision.to_dict(), "source": sources, "exported": _exported(),
@@ -163,8 +175,7 @@ def prepare_interpolator(
         f"- Diffusion: {spec.prediction}-prediction, {spec.schedule} schedule, {spec.num_train_timesteps} "
         f"timesteps, min-SNR gamma {spec.min_snr_gamma}; trained for x{spec.factor}, thick slices by "
         f"{spec.mode}",
-        "- Condition: VAE latents of the linear z-interpolation of the thick slices on the thin grid "
-        "(thin slices centred in each thick slab)",
+        _condition_line(spec, reg_run),
         _window_line(run.normalization) + f"; latent scale factor {run.scale_factor:.6g}",
     ]
     usage = ["```python", "from ctlib.studies.interp import release",
@@ -178,6 +189,19 @@ def prepare_interpolator(
                              precision=decision.to_dict(), usage=usage)
     return core.Release(name=name, tensors=core.to_dtype(state, decision.dtype), config=config, card=text,
                         report={"precision": decision.to_dict(), "card_fields_not_given": info.missing})
+
+
+def _condition_line(spec: InterpDiffusionSpec, reg_run: run_kinds.RegressorRun | None) -> str:
+    """The card's line on what the denoiser is conditioned on and what it models."""
+    if not spec.residual:
+        return ("- Condition: VAE latents of the linear z-interpolation of the thick slices on the thin grid "
+                "(thin slices centred in each thick slab)")
+    base = ("the linear z-interpolation of the thick slices" if reg_run is None else
+            "the residual regressor's estimate (MONAI `BasicUNet`, features "
+            f"{list(reg_run.config.features)}, shipped in this release)")
+    return (f"- Residual formulation: condition = VAE latents of B = {base}; the denoiser models the latent "
+            f"difference z(thin) - z(B) times {spec.residual_scale:.4g}, decoded as "
+            "B + D(z(B) + x0 / scale) - D(z(B)), so x0 = 0 returns B")
 
 
 def load_released_interpolator(
@@ -194,15 +218,22 @@ def load_released_interpolator(
         vae, unet = vae_module.build_vae(vae_config), latent_unet.build_latent_unet(unet_config)
         _load_into(vae, loaded.tensors, cfg["components"]["vae"]["prefix"])
         _load_into(unet, loaded.tensors, cfg["components"]["unet"]["prefix"])
+        reg = None
+        if "regressor" in cfg["components"]:
+            reg_config = regressor.RegressorConfig.from_dict(cfg["components"]["regressor"]["config"])
+            reg = regressor.build_regressor(reg_config)
+            _load_into(reg, loaded.tensors, cfg["components"]["regressor"]["prefix"])
         scale_factor = float(cfg["scale_factor"])
+        interpolator = bundle.Interpolator(
+            vae=vae, unet=unet, spec=spec, scale_factor=scale_factor, window=window,
+            depth_multiple=latent_unet.required_depth_multiple(unet_config),
+            device=bundle.resolve_device(device), regressor=reg,
+            meta={"release": str(loaded.path), "name": cfg.get("name"), "dtype": cfg.get("dtype"),
+                  "weights": cfg.get("weights"), "source": cfg.get("source")},
+        )
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CTInputError(loaded.path, f"unusable release ({type(err).__name__}: {err})") from None
-    return bundle.Interpolator(
-        vae=vae, unet=unet, spec=spec, scale_factor=scale_factor, window=window,
-        depth_multiple=latent_unet.required_depth_multiple(unet_config), device=bundle.resolve_device(device),
-        meta={"release": str(loaded.path), "name": cfg.get("name"), "dtype": cfg.get("dtype"),
-              "weights": cfg.get("weights"), "source": cfg.get("source")},
-    )
+    return interpolator
 
 
 # ------------------------------------------------------------------------------- the regressor

@@ -3,7 +3,8 @@
 - ``DiffusionRun`` (notebook ``2026-11-23_03_diffusion``, ``checkpoints/diffusion.pt``): the latent
   U-Net (``unet.*`` weights of ``LatentDiffusionLoss``, EMA shadow in ``ema_state``), ``config["model"]
   = {unet: LatentUNetConfig, spec: InterpDiffusionSpec}``, the HU window, and ``extra = {vae_run_id,
-  preprocess_run_id, scale_factor}``; its VAE is the ``VAERun`` named by ``vae_run_id``.
+  preprocess_run_id, scale_factor, regressor_run_id}``; its VAE is the ``VAERun`` named by ``vae_run_id``
+  and, for a residual model over the regressor, its baseline the ``RegressorRun`` of ``regressor_run_id``.
 - ``RegressorRun`` (notebook ``2026-11-23_05_regressor``, ``checkpoints/regressor.pt``): the
   ``ResidualRegressor`` (and EMA), ``config["model"]`` (a ``RegressorConfig``), the HU window and
   ``extra = {preprocess_run_id, factor, mode}``.
@@ -48,6 +49,7 @@ class DiffusionRun(run_checkpoint.RunKind):
     step: int | None
     weights: str  # "ema" or "model"
     path: Path
+    regressor_run_id: str | None = None  # the baseline of spec.baseline == "regressor"
 
     @property
     def depth_multiple(self) -> int:
@@ -83,6 +85,7 @@ class DiffusionRun(run_checkpoint.RunKind):
             normalization=ckpt["normalization"], window=window, scale_factor=float(extra["scale_factor"]),
             vae_run_id=extra.get("vae_run_id"), preprocess_run_id=extra.get("preprocess_run_id"),
             step=extra.get("step"), weights="ema" if used_ema else "model", path=path,
+            regressor_run_id=extra.get("regressor_run_id"),
         )
 
     def load_vae(self, vae_checkpoint: str | os.PathLike | None = None) -> VAERun:
@@ -97,6 +100,20 @@ class DiffusionRun(run_checkpoint.RunKind):
                 "not trained together",
             )
         return vae_run
+
+    def load_regressor(self) -> RegressorRun:
+        """The baseline regressor of a residual model (``regressor_run_id``), its window, factor and mode
+        checked against this run's."""
+        if not self.regressor_run_id:
+            raise CTInputError(self.path, f"baseline {self.spec.baseline!r} but the checkpoint names no "
+                                          "regressor_run_id")
+        run = RegressorRun.load(self.regressor_run_id)
+        ours = ((self.window.low, self.window.high), self.spec.factor, self.spec.mode)
+        theirs = ((run.window.low, run.window.high), run.factor, run.mode)
+        if ours != theirs:
+            raise CTInputError(self.path, f"(window, factor, mode) {ours} differ from the regressor's "
+                                          f"{theirs} ({run.path}): not trained together")
+        return run
 
 
 @dataclasses.dataclass

@@ -118,7 +118,13 @@ def run_steps(steps: list[str], state: dict[str, Any], args: argparse.Namespace)
                 _check(name, state[name])
         elif step == "diffusion":
             state["diffusion"] = _run(
-                "diffusion", args.parameter_set, {"vae_run_id": state["vae"]["run_id"], **budget}
+                "diffusion",
+                args.parameter_set,
+                {
+                    "vae_run_id": state["vae"]["run_id"],
+                    "regressor_run_id": state["regressor"]["run_id"],
+                    **budget,
+                },
             )
             _check(step, state["diffusion"])
         elif step == "evaluate":

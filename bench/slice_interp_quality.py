@@ -19,7 +19,8 @@ diffusion's slab residual in HU before and after data consistency. Targets at x6
 + 0.5 dB; gpu: VAE >= 35 dB, diffusion >= best classical + 2 dB and >= the regressor.
 
     python bench/slice_interp_quality.py [--diffusion-run RUN] [--regressor-run RUN] [--targets gpu]
-        [--max-openkbp 0] [--steps 20] [--samples 1] [--out bench/results/slice_interp_quality.json]
+        [--max-openkbp 0] [--max-inplane-size 0] [--steps 20] [--samples 1]
+        [--out bench/results/slice_interp_quality.json]
 """
 
 from __future__ import annotations
@@ -213,6 +214,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--targets", choices=sorted(TARGETS), default="cpu-real")
     parser.add_argument("--max-openkbp", type=int, default=0, help="OpenKBP test patients scored (0: all 40)")
+    parser.add_argument(
+        "--max-inplane-size",
+        type=int,
+        default=0,
+        help="block-average every held-out volume in-plane to at most this many pixels (0: as read)",
+    )
     parser.add_argument("--factors", type=int, nargs="+", default=[2, 4, 6])
     parser.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=sorted(PROTOCOLS))
     parser.add_argument("--sampler", default="ddim")
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, recon_rows, dc_rows = [], [], []
     start = time.perf_counter()
     for volume_id, item in volumes:
-        volume = _load(item)
+        volume = cache.downsample_inplane(_load(item), args.max_inplane_size)
         group = group_of(volume_id)
         if interpolator is not None:
             recon_rows.append(
@@ -315,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "sampling": dataclasses.asdict(sampling) if interpolator else None,
         "volumes": {v: group_of(v) for v, _ in volumes},
+        "max_inplane_size": args.max_inplane_size or None,
         "seconds": round(time.perf_counter() - start, 1),
         "targets": {"set": args.targets, **TARGETS[args.targets]},
         "means": table,

@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keep.set_defaults(func=_cmd_archive)
 
-    demo = sub.add_parser("demo", help="run the demo chain of notebooks on embedded data")
+    demo = sub.add_parser(
+        "demo", help="the main job (the released model on a held-out thick series), then the notebook chain"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     for study_cli in _study_clis():

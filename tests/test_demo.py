@@ -98,3 +98,54 @@ def test_summary_of_a_failed_chain_says_where_to_look():
     assert text.count(f"{failed}/2026-11-23_02_vae.ipynb") == 1
     assert "Headline: none, the evaluation step (04_evaluate) did not save its metrics." in text
     assert "Data: not recorded" in demo.summary(demo.collect([failed])[:1])
+
+
+MAIN_JOB_METRICS = {
+    "diffusion_psnr_full_db": 32.41, "diffusion_ssim_full": 0.911, "linear_psnr_full_db": 31.39,
+    "linear_ssim_full": 0.894, "cubic_psnr_full_db": 31.81, "cubic_ssim_full": 0.898, "factor": 6,
+    "samples": 2, "steps": 10, "n_thin_scored": 132, "best_classical": "cubic",
+    "diffusion_minus_best_classical_db": 0.6, "thick_series_slices_in": 64, "thick_series_slices_out": 320,
+}
+
+
+def test_main_job_summary_gives_the_numbers_the_sentence_and_the_outputs():
+    run_id = fake_step("2026-12-03_00_main_job", metrics=MAIN_JOB_METRICS, figures=("main_job_chest",))
+    text = demo.main_job_summary(demo.load_step(paths.runs_dir() / run_id))
+    assert ("diffusion 32.41 dB / SSIM 0.911   linear 31.39 dB / SSIM 0.894   cubic 31.81 dB / SSIM 0.898"
+            in text)
+    assert "x6 (slab means), 132 thin slices scored" in text
+    assert "0.60 dB above the better classical method (cubic)" in text
+    assert "64 thick slices -> 320 thin slices" in text
+    assert "main_job_chest.png" in text and "/outputs/" in text
+    below = fake_step("2026-12-03_00_main_job", metrics={**MAIN_JOB_METRICS,
+                                                         "diffusion_minus_best_classical_db": -0.25})
+    assert "0.25 dB below the better" in demo.main_job_summary(demo.load_step(paths.runs_dir() / below))
+
+
+def test_a_failed_main_job_says_so_and_where_to_look():
+    run_id = fake_step("2026-12-03_00_main_job", status="failed")
+    text = demo.main_job_summary(demo.load_step(paths.runs_dir() / run_id))
+    assert "failed: ValueError: broken (notebook cell In [3])" in text and run_id in text
+
+
+def test_the_demo_runs_the_main_job_first_with_the_thick_series_when_data_is_there(monkeypatch, tmp_path):
+    from ctlib import runs
+    from ctlib.runs.execute import RunResult
+
+    calls = []
+
+    def fake_run_notebook(notebook, parameter_set=None, overrides=None, **_):
+        calls.append((notebook, overrides))
+        run_id = fake_step("2026-12-03_00_main_job", metrics=MAIN_JOB_METRICS)
+        return RunResult(run_id=run_id, run_dir=paths.runs_dir() / run_id, status="completed", duration_s=1.0)
+
+    monkeypatch.setattr(runs, "run_notebook", fake_run_notebook)
+    monkeypatch.setattr(runs, "run_chain", lambda steps, **_: calls.append(("chain", steps)) or [])
+    monkeypatch.setattr(demo, "collect", lambda ids, *a: [])
+    monkeypatch.setenv(paths.DATA_ENV_VAR, str(tmp_path))
+    demo.run_demo()
+    assert calls[0] == (demo.MAIN_JOB, {"thick_series": "thick_ct"}) and calls[1][0] == "chain"
+    monkeypatch.delenv(paths.DATA_ENV_VAR)
+    calls.clear()
+    demo.run_demo()
+    assert calls[0] == (demo.MAIN_JOB, {})

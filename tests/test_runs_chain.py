@@ -61,7 +61,8 @@ def test_the_committed_figures_notebooks_read_their_whole_chains():
     root = paths.repo_root() / "notebooks"
     stems = {
         "dose/2026-11-23_04_dose_figures": ["01_dose_preprocess", "02_dose_train", "03_dose_evaluate"],
-        "slice_interp/2026-11-23_07_figures": ["01_preprocess", "02_vae", "03_diffusion", "05_regressor",
+        # 03 names 05: a residual model (baseline "regressor") reads a regressor run
+        "slice_interp/2026-11-23_07_figures": ["01_preprocess", "02_vae", "05_regressor", "03_diffusion",
                                                "04_evaluate", "06_sampling_ablation"],
     }
     for notebook, expected in stems.items():

@@ -22,12 +22,18 @@ def lps_axis_codes(volume: Volume) -> str:
     return "".join(codes)
 
 
-def reorient_to_lps(volume: Volume) -> Volume:
-    """The same voxels on a grid whose index axes (x, y, z) point as close as possible to +L, +P, +S.
+def reorient(volume: Volume, codes: str = "LPS") -> Volume:
+    """The same voxels on a grid whose index axes (x, y, z) point as close as possible to ``codes``.
 
-    Axes are only permuted and flipped (no resampling); the geometry follows, so every voxel keeps
-    its LPS position.
+    ``codes`` names, for the x, y and z index axes in turn, the direction each increases towards: one of
+    ``L``/``R``, ``P``/``A``, ``S``/``I`` in that order (``"LPS"``, the DICOM canonical grid, or ``"RAS"``,
+    nibabel's canonical grid). Axes are only permuted and flipped (no resampling); the geometry follows,
+    so every voxel keeps its LPS position.
     """
+    codes = str(codes).upper()
+    if len(codes) != 3 or codes[0] not in "LR" or codes[1] not in "PA" or codes[2] not in "SI":
+        raise ValueError(f"orientation codes must be one of L/R, P/A, S/I in that order, got {codes!r}")
+    target_signs = [1.0 if code in "LPS" else -1.0 for code in codes]
     # lps_of_index[a] = which LPS axis index-axis a (x=0, y=1, z=2) runs along, and in which sense.
     lps_of_index = [int(np.argmax(np.abs(c))) for c in volume.direction.T]
     if sorted(lps_of_index) != [0, 1, 2]:
@@ -43,7 +49,7 @@ def reorient_to_lps(volume: Volume) -> Volume:
     new_direction = volume.direction[:, old_for_new].copy()
     shape_xyz = array.shape[::-1]
     for b in range(3):
-        if signs[old_for_new[b]] < 0:
+        if signs[old_for_new[b]] != target_signs[b]:
             origin += new_direction[:, b] * new_spacing_xyz[b] * (shape_xyz[b] - 1)
             new_direction[:, b] *= -1
             array = np.flip(array, axis=2 - b)
@@ -53,3 +59,8 @@ def reorient_to_lps(volume: Volume) -> Volume:
         origin=tuple(origin),
         direction=new_direction,
     )
+
+
+def reorient_to_lps(volume: Volume) -> Volume:
+    """``reorient(volume, "LPS")``: x index to the patient's left, y posterior, z superior."""
+    return reorient(volume, "LPS")

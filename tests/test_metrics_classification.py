@@ -122,3 +122,12 @@ def test_binary_metrics_match_sklearn_and_name_both_f1s():
     assert m["f1_weighted"] != pytest.approx(m["f1_positive"], abs=0.02)  # the released code's mix-up
     assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, p))
     assert m["specificity"] == pytest.approx(sk.recall_score(1 - y, 1 - p))
+
+
+def test_roc_curve_matches_sklearn_and_integrates_to_the_auroc():
+    y, s = _data(n=120, seed=4, ties=True)
+    fpr, tpr = cls.roc_curve(y, s)
+    ref_fpr, ref_tpr, _ = sk.roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(cls.auroc(y, s))

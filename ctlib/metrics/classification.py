@@ -48,6 +48,16 @@ def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray |
     return float((pos * (neg_below + 0.5 * neg)).sum() / (total_pos * total_neg))
 
 
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` from (0, 0) to (1, 1), one point per distinct score (ties move diagonally)."""
+    y, s = _binary(labels, scores)
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp, fp = np.cumsum(y)[last_of_tie], np.cumsum(1.0 - y)[last_of_tie]
+    return np.r_[0.0, fp / max(fp[-1], 1.0)], np.r_[0.0, tp / max(tp[-1], 1.0)]
+
+
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (rank form, ties counted half); NaN for a single-class sample."""
     return weighted_auroc(labels, scores)

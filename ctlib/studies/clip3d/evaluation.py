@@ -4,8 +4,9 @@
 2. AUROC per finding on test, with a 95% percentile CI from a patient-level bootstrap that resamples
    patients (1,000 seeded replicates; single-class replicates counted and left out); findings with one
    class on test are reported as not evaluable, never as 0.5.
-3. Decision thresholds per finding fitted on the validation split only (Youden's J), then applied to
-   test: precision, recall, specificity, positive-class F1 and support-weighted F1, each named.
+3. Decision thresholds per finding fitted on the validation split only (Youden's J or the positive-class
+   F1), then applied to test: precision, recall, specificity, positive-class F1 and support-weighted F1,
+   each named.
 4. Retrieval on test: report -> volume R@1/5/10 (the paired report is the one match) and volume ->
    volume mAP@k / NDCG@k with Jaccard label relevance, the query excluded from its gallery.
 """
@@ -26,7 +27,7 @@ from ctlib.studies.clip3d import h5store, training, zero_shot
 
 PROTOCOL = (
     "zero-shot, template-averaged 2-way softmax; AUROC with 95% CI from {n} patient-level bootstrap "
-    "replicates (seed {seed}); thresholds fitted on validation (Youden J), applied to test"
+    "replicates (seed {seed}); thresholds fitted on validation, applied to test"
 )
 
 
@@ -51,6 +52,7 @@ def finding_table(
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    rule: classification.ThresholdRule = "youden",
 ) -> pd.DataFrame:
     """One row per finding: AUROC with CI, then the validation threshold's metrics on test."""
     rows = []
@@ -70,7 +72,9 @@ def finding_table(
         )
         yv = val_labels[:, f]
         if np.isfinite(yv).all() and yv.min() != yv.max():
-            threshold = classification.fit_threshold(yv, val_scores[:, f], val_ids, split="validation")
+            threshold = classification.fit_threshold(
+                yv, val_scores[:, f], val_ids, split="validation", rule=rule
+            )
             row.update(classification.binary_metrics(y, s, threshold, test_ids, split="test"))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -17,7 +17,9 @@ from torch import nn
 
 from ctlib.metrics import classification
 from ctlib.models import report_tokenizer
-from ctlib.models.ct_clip import CTClip, clip_loss
+from ctlib.models.ct_clip import CTClip, CTClipConfig, clip_loss
+from ctlib.models.slice_fusion import SliceFusionConfig
+from ctlib.models.text_encoder import TextEncoderConfig
 from ctlib.studies.clip3d import h5store, zero_shot
 
 
@@ -119,3 +121,31 @@ class ZeroShotValidation:
         record["val_mean_auroc"] = value
         self.history.append({"step": record.get("step", float("nan")), "val_mean_auroc": value})
         return False
+
+
+MODEL_PARAMETERS = (
+    "slice_net", "slice_group", "resnet_widths", "resnet_layers", "vit_patch", "vit_hidden", "vit_layers",
+    "vit_heads", "feature_dim", "fusion_depth", "fusion_heads", "text_dim", "text_depth", "text_heads",
+    "embed_dim", "local_weights_path",
+)  # fmt: skip
+
+
+def model_config(params: dict, vocab_size: int, slice_size: int) -> CTClipConfig:
+    """The ``CTClipConfig`` that the training notebook's flat parameters (``MODEL_PARAMETERS``) describe."""
+    missing = [k for k in MODEL_PARAMETERS if k not in params]
+    if missing:
+        raise ValueError(f"model parameters missing: {missing}")
+    vision = SliceFusionConfig(
+        slice_net=params["slice_net"], slice_group=int(params["slice_group"]),
+        resnet_widths=tuple(params["resnet_widths"]), resnet_layers=tuple(params["resnet_layers"]),
+        vit_image_size=int(slice_size), vit_patch=int(params["vit_patch"]),
+        vit_hidden=int(params["vit_hidden"]), vit_layers=int(params["vit_layers"]),
+        vit_heads=int(params["vit_heads"]),
+        feature_dim=int(params["feature_dim"]), fusion_depth=int(params["fusion_depth"]),
+        fusion_heads=int(params["fusion_heads"]), local_weights_path=str(params["local_weights_path"]),
+    )  # fmt: skip
+    text = TextEncoderConfig(
+        vocab_size=int(vocab_size), dim=int(params["text_dim"]), depth=int(params["text_depth"]),
+        heads=int(params["text_heads"]),
+    )
+    return CTClipConfig(vision=vision.to_dict(), text=text.to_dict(), embed_dim=int(params["embed_dim"]))

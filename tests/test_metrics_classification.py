@@ -76,6 +76,12 @@ def test_degenerate_bootstrap_is_caught(monkeypatch):
         cls.bootstrap_auroc(y, s, [str(i) for i in range(40)], n_replicates=20)
 
 
+def test_one_patient_cannot_be_bootstrapped():
+    y, s = _data(n=30)
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        cls.bootstrap_auroc(y, s, ["p"] * 30)
+
+
 def test_single_class_replicates_are_counted_not_nan():
     y = np.zeros(20)
     y[0] = 1

@@ -168,3 +168,28 @@ def test_zero_shot_scores_follow_the_nearer_prompt():
     scores = zero_shot.zero_shot_scores(Scale(), volumes, prompts)
     expected = 1 / (1 + np.exp(-10 * (volumes[:, 0] - volumes[:, 1]).numpy()))
     np.testing.assert_allclose(scores, np.repeat(expected[:, None], 2, 1), rtol=1e-5)
+
+
+def test_tokenizer_vocabulary_is_the_same_in_every_process():
+    """Seeded training must reproduce: the library trainer gave a new vocabulary in every process."""
+    import subprocess
+    import sys
+
+    code = (
+        "from ctlib.models import report_tokenizer as r; from ctlib.studies.clip3d import zero_shot as z; "
+        f"print(r.train_tokenizer({REPORTS!r} + z.prompt_texts(), 300).to_str())"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2)
+    }
+    assert len(outputs) == 1
+    assert (
+        _tokenizer().encode("Emphysematous changes.").tokens[1] == "emphysematous"
+    )  # whole words stay whole

@@ -116,6 +116,8 @@ def bootstrap_auroc(
     y, s = _binary(labels, scores)
     if len(patient_ids) != len(y):
         raise ValueError(f"{len(patient_ids)} patient ids for {len(y)} samples")
+    if len(set(patient_ids)) < 2:
+        raise ValueError("a patient-level bootstrap needs at least 2 patients; these samples have one")
     counts, _ = patient_resample_counts(patient_ids, n_replicates, seed)
     check_not_degenerate(counts)
     values = np.array([weighted_auroc(y, s, c) for c in counts])

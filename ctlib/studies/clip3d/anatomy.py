@@ -33,7 +33,7 @@ LABEL_IDS: dict[str, tuple[int, ...]] = {
     "lungs": (10, 11, 12, 13, 14),
     "heart": (51,),
     "aorta": (52,),
-    "bone": (*range(25, 51), *range(69, 79), 91, *range(92, 117), 116),
+    "bone": (*range(25, 51), *range(69, 79), 91, *range(92, 117)),
 }
 # The real chest CTs of $CTLIB_DATA_DIR: path, structures to derive by heuristic, contrast, crop inside body.
 SHARED_BASES: dict[str, dict] = {
@@ -51,7 +51,7 @@ SHARED_BASES: dict[str, dict] = {
     },
     "totalseg_aorta_crop": {
         "path": "totalseg_example/aorta_ct_cropped_1.5mm.nii.gz",
-        "structures": ("heart", "aorta"),
+        "structures": ("heart",),  # the aorta heuristic assumes non-contrast blood (see anatomy_masks)
         "contrast": True,
         "whole_body": True,  # a crop inside the body: every voxel is patient
     },
@@ -105,7 +105,9 @@ class BaseAnatomy:
         )
 
 
-def resample_isotropic(array: np.ndarray, spacing: tuple[float, float, float], spacing_mm: float) -> np.ndarray:
+def resample_isotropic(
+    array: np.ndarray, spacing: tuple[float, float, float], spacing_mm: float
+) -> np.ndarray:
     """Resize ``(z, y, x)`` to isotropic ``spacing_mm``: in-plane then along z, each axis by area
     averaging where it shrinks (anti-aliased) and linear interpolation where it grows."""
     size = [max(1, int(round(n * s / spacing_mm))) for n, s in zip(array.shape, spacing, strict=True)]
@@ -170,12 +172,14 @@ def _build(
         if "heart" in structures:
             masks["heart"] = anatomy_masks.heart_mask(hu, masks["lungs"], masks["bone"], spacing_mm)
             method["heart"] = "heuristic"
-        if "aorta" in structures:
+        if "aorta" in structures and not contrast:  # the tube rule needs non-contrast blood
             heart = masks["heart"] if masks["heart"] is not None else np.zeros(hu.shape, bool)
             masks["aorta"] = anatomy_masks.aorta_mask(hu, masks["lungs"], masks["bone"], heart, spacing_mm)
             method["aorta"] = "heuristic (descending aorta tube)"
     start = np.array([crop[2].start, crop[1].start, crop[0].start], dtype=np.float64)
-    origin = tuple(np.asarray(lps.origin) + start * spacing_mm + 0.5 * (spacing_mm - np.array(lps.spacing[::-1])))
+    origin = tuple(
+        np.asarray(lps.origin) + start * spacing_mm + 0.5 * (spacing_mm - np.array(lps.spacing[::-1]))
+    )
     return BaseAnatomy(
         name=name,
         hu=np.ascontiguousarray(hu, dtype=np.float32),
@@ -196,10 +200,11 @@ def embedded_base(spacing_mm: float = DEFAULT_SPACING_MM, *, heuristic_masks: bo
     the heuristics against the labels).
     """
     volume = nifti.read_nifti(paths.embedded_path("chest_ct"))
+    # Contrast-enhanced despite its description: the labelled heart's median is about 320 HU.
     if heuristic_masks:
-        return _build("embedded_chest_ct", volume, spacing_mm)
+        return _build("embedded_chest_ct", volume, spacing_mm, contrast=True)
     labels = nifti.read_nifti_labels(paths.embedded_path("chest_ct_labels"), like=volume)
-    return _build("embedded_chest_ct", volume, spacing_mm, labels=labels)
+    return _build("embedded_chest_ct", volume, spacing_mm, labels=labels, contrast=True)
 
 
 def shared_bases(

@@ -10,19 +10,21 @@ the embedded chest CT (``tests/test_clip3d_synthetic.py`` asserts the Dice), not
   bronchi stay in (they are connected to the lungs at this threshold).
 - bone: ``hu > bone_hu`` inside the body (250 HU; 700 HU for contrast scans, whose blood pool reaches
   400 HU), components of at least 0.5 cm^3.
-- heart: soft tissue (> -120 HU, not bone) between the lungs (inside the per-row and per-column span
-  of the lung mask, an orthogonally convex hull), in the lower 20-75% of the lung height and anterior
-  of ``lung centre + 15% of the lung depth``; opened with a 6 mm ball, largest component, holes filled.
-  Contrast scans merge the ascending aorta and the pulmonary trunk into it.
-- descending aorta: per slice, the deepest point of soft tissue behind the heart, left of the spine's
-  midline and in front of the vertebral body, taken as a disk of that depth (8-18 mm radius); the
-  centre track is median-filtered along z. A tube model of the descending thoracic aorta only.
+- heart: soft tissue (> -120 HU, not bone) between the lungs (inside the per-slice convex hull of
+  the lung mask), in the 25-70% band of the lung height and anterior of ``lung centre + 15% of the
+  lung depth``; opened with a 9 mm ball, largest component, holes filled. Contrast scans merge the
+  ascending aorta and the pulmonary trunk into it.
+- descending aorta (non-contrast scans): per slice, the deepest point of soft tissue (-60..150 HU)
+  off the heart, in front of the vertebral body (the largest > 150 HU region near the midline) and
+  at most 10 mm right of its centre, touching the left lung, taken as a disk of that depth (8-18 mm
+  radius); the longest z-continuous track is kept and median-filtered. A tube model of the
+  descending thoracic aorta only.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, spatial
 
 
 def _ball(radius_vox: int) -> np.ndarray:
@@ -43,16 +45,29 @@ def _largest(mask: np.ndarray, keep_fraction: float = 1.0) -> np.ndarray:
     return keep[labels]
 
 
-def _span(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Voxels between the first and the last ``True`` along ``axis`` (inclusive)."""
-    forward = np.maximum.accumulate(mask, axis=axis)
-    backward = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
-    return forward & backward
+def _hull2d(mask: np.ndarray) -> np.ndarray:
+    """Convex hull of a 2-D bool mask (Delaunay triangulation of its pixels' corners)."""
+    pts = np.argwhere(mask)
+    if len(pts) < 3 or np.linalg.matrix_rank(pts - pts.mean(0)) < 2:
+        return mask.copy()
+    corners = (pts[:, None, :] + np.array([[-0.5, -0.5], [-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]])).reshape(
+        -1, 2
+    )
+    hull = spatial.ConvexHull(corners)
+    tri = spatial.Delaunay(corners[hull.vertices])
+    (y0, x0), (y1, x1) = pts.min(0), pts.max(0) + 1
+    grid = np.stack(np.mgrid[y0:y1, x0:x1], axis=-1).reshape(-1, 2)
+    out = np.zeros(mask.shape, dtype=bool)
+    out[y0:y1, x0:x1] = (tri.find_simplex(grid) >= 0).reshape(y1 - y0, x1 - x0)
+    return out
 
 
 def between_lungs(lungs: np.ndarray) -> np.ndarray:
-    """Orthogonally convex hull of the lungs per axial slice (row span AND column span), lungs excluded."""
-    return _span(lungs, 2) & _span(lungs, 1) & ~lungs
+    """Convex hull of the lungs per axial slice, lungs excluded (the mediastinum and the spine)."""
+    out = np.zeros(lungs.shape, dtype=bool)
+    for k in np.flatnonzero(lungs.any(axis=(1, 2))):
+        out[k] = _hull2d(lungs[k])
+    return out & ~lungs
 
 
 def lung_mask(hu: np.ndarray, body: np.ndarray, spacing_mm: float) -> np.ndarray:
@@ -100,10 +115,10 @@ def heart_mask(hu: np.ndarray, lungs: np.ndarray, bone: np.ndarray, spacing_mm: 
     z0, z1, centre_y, depth_y = _lung_extent(lungs)
     candidate = between_lungs(lungs) & (hu > -120.0) & ~ndimage.binary_dilation(bone, iterations=1)
     height = z1 - z0 + 1
-    candidate[: z0 + int(0.20 * height)] = False
-    candidate[z0 + int(np.ceil(0.75 * height)) :] = False
+    candidate[: z0 + int(0.25 * height)] = False
+    candidate[z0 + int(np.ceil(0.70 * height)) :] = False
     candidate[:, int(centre_y + 0.15 * depth_y) :] = False
-    radius = max(1, int(round(6.0 / spacing_mm)))
+    radius = max(1, int(round(9.0 / spacing_mm)))
     opened = ndimage.binary_opening(candidate, structure=_ball(radius))
     heart = _largest(opened)
     if not heart.any():
@@ -114,44 +129,67 @@ def heart_mask(hu: np.ndarray, lungs: np.ndarray, bone: np.ndarray, spacing_mm: 
     return heart & ~lungs
 
 
+def _longest_track(centres: dict[int, tuple[float, float, float]], max_step_vox: float) -> list[int]:
+    """The longest run of consecutive slices whose centres move less than ``max_step_vox`` per slice."""
+    best: list[int] = []
+    run: list[int] = []
+    for k in sorted(centres):
+        if run and (
+            k != run[-1] + 1 or np.hypot(*np.subtract(centres[k][:2], centres[run[-1]][:2])) > max_step_vox
+        ):
+            run = []
+        run.append(k)
+        best = run if len(run) > len(best) else best
+    return list(best)
+
+
 def aorta_mask(
     hu: np.ndarray, lungs: np.ndarray, bone: np.ndarray, heart: np.ndarray, spacing_mm: float
 ) -> np.ndarray:
-    """Descending thoracic aorta as a tube: per-slice deepest soft-tissue point left of the spine."""
+    """Descending thoracic aorta as a tube: per slice, the deepest soft-tissue point in front of and left
+    of the vertebral body that touches the left lung; the longest z-continuous track, median-filtered.
+
+    For non-contrast scans only (the blood pool must be below the 150 HU used to find the spine).
+    """
     out = np.zeros(hu.shape, dtype=bool)
-    if not lungs.any() or not bone.any():
+    if not lungs.any():
         return out
+    s = spacing_mm
     between = between_lungs(lungs)
-    soft = between & (hu > -60.0) & ~bone & ~heart
-    centres: dict[int, tuple[float, float, float]] = {}
+    soft = between & (hu > -60.0) & (hu < 150.0) & ~bone & ~ndimage.binary_dilation(heart)
     x_mid = float(np.argwhere(lungs)[:, 2].mean())
-    half_width = 25.0 / spacing_mm
-    for k in range(hu.shape[0]):
-        spine = bone[k] & between[k]
-        spine[:, : int(x_mid - half_width)] = False
-        spine[:, int(x_mid + half_width) :] = False
-        if spine.sum() * spacing_mm**2 < 200.0:
+    near_lung = ndimage.binary_dilation(lungs, iterations=2)
+    centres: dict[int, tuple[float, float, float]] = {}
+    for k in np.flatnonzero(between.any(axis=(1, 2))):
+        spine = (hu[k] > 150.0) & between[k]
+        spine[:, : int(x_mid - 25.0 / s)] = False
+        spine[:, int(x_mid + 25.0 / s) :] = False
+        spine = _largest(spine)  # the vertebral body (ribs and calcified nodes are smaller)
+        if spine.sum() * s**2 < 150.0:
             continue
         sy, sx = np.argwhere(spine).T
-        front = float(np.percentile(sy, 5))
+        front, centre_x = float(np.percentile(sy, 5)), float(np.median(sx))
         region = soft[k].copy()
-        region[: int(front - 45.0 / spacing_mm)] = False
-        region[int(front + 25.0 / spacing_mm) :] = False
-        region[:, : int(np.median(sx))] = False
+        region[: max(0, int(front - 40.0 / s))] = False
+        region[int(front + 15.0 / s) :] = False
+        region[:, : max(0, int(centre_x - 10.0 / s))] = False
+        region[:, int(centre_x + 40.0 / s) :] = False
         if not region.any():
             continue
-        depth = ndimage.distance_transform_edt(region) * spacing_mm
+        depth = ndimage.distance_transform_edt(region) * s
         j, i = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        if depth[j, i] >= 7.0:
-            centres[k] = (float(j), float(i), float(min(depth[j, i], 18.0)))
-    if len(centres) < 3:
+        r = float(min(depth[j, i], 18.0))
+        yy, xx = np.ogrid[: hu.shape[1], : hu.shape[2]]
+        rim = ((yy - j) ** 2 + (xx - i) ** 2) * s**2 <= (r + 2 * s) ** 2
+        if r >= 8.0 and (rim & near_lung[k])[:, i:].any():
+            centres[k] = (float(j), float(i), r)
+    ks = _longest_track(centres, max_step_vox=10.0 / s)
+    if len(ks) < 3:
         return out
-    ks = np.array(sorted(centres))
-    track = np.array([centres[k] for k in ks])
-    track = ndimage.median_filter(track, size=(5, 1), mode="nearest")
+    track = ndimage.median_filter(np.array([centres[k] for k in ks]), size=(5, 1), mode="nearest")
     yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
     for k, (j, i, r) in zip(ks, track, strict=True):
-        out[k] = ((yy - j) ** 2 + (xx - i) ** 2) * spacing_mm**2 <= max(r, 8.0) ** 2
+        out[k] = ((yy - j) ** 2 + (xx - i) ** 2) * s**2 <= max(r, 8.0) ** 2
     return out & ~bone & ~lungs
 
 

@@ -1,9 +1,10 @@
 """The zero-shot evaluation protocol of the CT-CLIP study, stated once:
 
 1. Scores: template-averaged 2-way softmax per finding (``zero_shot``), for the validation and test splits.
-2. AUROC per finding on test, with a 95% percentile CI from a patient-level bootstrap that resamples
-   patients (1,000 seeded replicates; single-class replicates counted and left out); findings with one
-   class on test are reported as not evaluable, never as 0.5.
+2. AUROC per finding on test, with a 95% percentile CI from a bootstrap that resamples patients (1,000
+   seeded replicates; single-class replicates counted and left out); findings with one class on test are
+   reported as not evaluable, never as 0.5. On the generated set, whose test split is one base anatomy
+   (one "patient"), the unit is the study, and the CI then covers the generated studies of that anatomy.
 3. Decision thresholds per finding fitted on the validation split only (Youden's J or the positive-class
    F1), then applied to test: precision, recall, specificity, positive-class F1 and support-weighted F1,
    each named.
@@ -26,8 +27,8 @@ from ctlib.models.ct_clip import CTClip
 from ctlib.studies.clip3d import h5store, training, zero_shot
 
 PROTOCOL = (
-    "zero-shot, template-averaged 2-way softmax; AUROC with 95% CI from {n} patient-level bootstrap "
-    "replicates (seed {seed}); thresholds fitted on validation, applied to test"
+    "zero-shot, template-averaged 2-way softmax; AUROC with 95% CI from {n} bootstrap replicates resampling "
+    "test {unit} (seed {seed}); thresholds fitted on validation ({rule}), applied to test"
 )
 
 

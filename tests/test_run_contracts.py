@@ -27,6 +27,7 @@ from ctlib.errors import CTInputError
 from ctlib.models import dose_unet, latent_unet, regressor, vae_run
 from ctlib.models import vae as vae_module
 from ctlib.runs.record import RunRecord
+from ctlib.studies.clip3d import run_kind as clip_run_kind
 from ctlib.studies.dose import datasets as dose_datasets
 from ctlib.studies.dose import diffusion as dose_diffusion
 from ctlib.studies.dose import model_io, run_kind
@@ -304,8 +305,60 @@ class DoseDiffusionContract(DoseContract):
         return model_io.diffusion_model_config(net, spec, (80.0, 80.0, 1.0, 1.0), ROIS)
 
 
+# ------------------------------------------------------------------------------------------- CT-CLIP
+class ClipContract(RunKindContract):
+    """The CT-CLIP training run: model, tokenizer (inside the checkpoint) and training facts."""
+
+    name, notebook_stem, run_type = "clip", "2026-12-03_02_clip_train", clip_run_kind.ClipRun
+    reports = ["A nodule in the right lung.", "Pleural effusion on the left.", "No acute abnormality."]
+
+    def train_run(self, run_dir: Path, tmp: Path) -> None:
+        from ctlib.models import report_tokenizer
+        from ctlib.models.ct_clip import CTClip, CTClipConfig
+        from ctlib.models.slice_fusion import SliceFusionConfig
+        from ctlib.models.text_encoder import TextEncoderConfig
+        from ctlib.studies.clip3d import training as clip_training
+
+        tokenizer = report_tokenizer.train_tokenizer(self.reports, 200)
+        ids, mask = report_tokenizer.encode(tokenizer, self.reports * 2, 16)
+        volumes = torch.linspace(-1, 1, 6 * 4 * 16 * 16).reshape(6, 1, 4, 16, 16)
+        dataset = [{"volume": volumes[i], "ids": ids[i], "mask": mask[i]} for i in range(6)]
+        config = CTClipConfig(
+            vision=SliceFusionConfig(resnet_widths=(4, 4, 8, 8), feature_dim=8, fusion_heads=2,
+                                     fusion_depth=1).to_dict(),
+            text=TextEncoderConfig(vocab_size=tokenizer.get_vocab_size(), dim=8, depth=1, heads=2).to_dict(),
+            embed_dim=8,
+        )
+        torch.manual_seed(0)
+        model = CTClip(config)
+        extra = {"preprocess_run_id": "pre", "tokenizer_json": tokenizer.to_str(),
+                 "findings": ["Lung nodule"], "max_tokens": 16, "volume_shape": [4, 16, 16]}
+        train(model, clip_training.loss_fn, dataset, self.run_type.checkpoint_file(run_dir),
+              normalization=clip_run_kind.NORMALIZATION, model_config=config.to_dict(), extra=extra)
+        self.trained = {"module": model, "ids": ids[:3], "mask": mask[:3], "volumes": volumes[:3], "facts": {
+            "model_config": config.to_dict(), "findings": ("Lung nodule",), "max_tokens": 16,
+            "volume_shape": (4, 16, 16), "preprocess_run_id": "pre", "step": 2, "weights": "model",
+            "vocab": tokenizer.get_vocab()}}
+
+    def _predict(self, model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model.eval()(self.trained["volumes"], self.trained["ids"], self.trained["mask"])
+
+    def predict_trained(self) -> torch.Tensor:
+        return self._predict(self.trained["module"])
+
+    def predict_loaded(self, loaded: clip_run_kind.ClipRun) -> torch.Tensor:
+        return self._predict(loaded.model)
+
+    def facts(self, loaded: clip_run_kind.ClipRun) -> dict[str, Any]:
+        return {"model_config": loaded.model_config, "findings": loaded.findings,
+                "max_tokens": loaded.max_tokens, "volume_shape": loaded.volume_shape,
+                "preprocess_run_id": loaded.preprocess_run_id,
+                "step": loaded.step, "weights": loaded.weights, "vocab": loaded.tokenizer.get_vocab()}
+
+
 CONTRACTS: list[type[RunKindContract]] = [
-    VAEContract, DiffusionContract, RegressorContract, DoseUNetContract, DoseDiffusionContract,
+    VAEContract, DiffusionContract, RegressorContract, DoseUNetContract, DoseDiffusionContract, ClipContract,
 ]
 
 

@@ -175,3 +175,13 @@ def test_patient_wise_split_to_h5_with_manifest(ctrate_root, tmp_path):
             for i, name in enumerate(stored.volume_names):
                 np.testing.assert_array_equal(stored.labels[i], labels[name])
             assert preprocess.rescale_check(stored.volume_hu(0)).verdict == "ok"
+
+
+def test_a_volume_of_the_wrong_dimensionality_is_refused_naming_it(ctrate_root):
+    import nibabel as nib
+
+    root, _ = ctrate_root
+    study = next(s for s in ctrate.read_split(root, "valid") if s.volume_name == "valid_1_a_1.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), study.path)
+    with pytest.raises(CTInputError, match=r"valid_1_a_1\.nii\.gz: .*(dimension|3-D|3D)"):
+        ctrate.load_volume(study)

@@ -499,3 +499,62 @@ def test_tiny_model_overfits_one_phantom_and_ddim_recovers_it():
         out = Denoiser(net, "v", s, cond=cond.repeat(2, 1, 1, 1, 1))(x_t, t)
         x0, _ = P.predict_x0_eps("v", out, x_t, t, s)
     assert _psnr(x0, target) > 20.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutation survivors (issue 12.6, bench/results/mutation.md): what the tests above let change
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ddim_step_refuses_a_previous_timestep_not_below_t_or_before_the_clean_end():
+    """Kills ``-1 <= t_prev < t`` -> ``<= t`` and ``-1`` -> ``-2`` (a chain that stalls or overshoots)."""
+    s = schedules.make_schedule("linear", num_train_timesteps=10)
+    x = torch.zeros(1, 1, 1, 2, 2)
+    for t, t_prev in ((5, 5), (5, -2)):
+        with pytest.raises(ValueError, match=r"-1 <= t_prev < t"):
+            samplers.ddim_step(x, x, t, t_prev, s, prediction="epsilon")
+
+
+def _draws_after(seed: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The generator state after ``count`` standard normal draws of ``shape``."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        torch.randn(shape, generator=g)
+    return g.get_state()
+
+
+@pytest.mark.parametrize(("name", "eta", "draws"), [("ddpm", 0.0, 9), ("ddim", 0.0, 0), ("ddim", 1.0, 4)])
+def test_samplers_draw_noise_only_where_a_step_uses_it(name, eta, draws):
+    """ddpm draws T-1 noises (none at t = 0), ddim with eta = 0 none, with eta > 0 one per step: a shared
+    generator (``sample_k``'s batches) then continues the same stream. Kills ``t > 0`` -> ``t >= 0`` and
+    ``eta > 0`` -> ``eta >= 0`` (extra draws shift every later batch of a seeded run)."""
+    s = schedules.make_schedule("linear", num_train_timesteps=10)
+    shape = (2, 1, 2, 3, 3)
+    g = torch.Generator().manual_seed(7)
+    num_steps = 10 if name == "ddpm" else 4
+    samplers.get_sampler(name)(Denoiser(gaussian_denoiser(s), "epsilon", s), shape, num_steps=num_steps,
+                               generator=g, eta=eta, x_T=torch.zeros(shape))
+    assert torch.equal(g.get_state(), _draws_after(7, draws, shape))
+
+
+@pytest.mark.parametrize("name", sorted(samplers.SAMPLERS))
+def test_samplers_run_without_a_generator(name):
+    """The global RNG when no generator is given. Kills ``generator is not None`` -> ``is None`` in the
+    noise helper (which then reads ``None.device``, or ignores the generator's device)."""
+    s = schedules.make_schedule("linear", num_train_timesteps=10)
+    num_steps = 10 if name == "ddpm" else 4
+    torch.manual_seed(0)
+    x = samplers.get_sampler(name)(Denoiser(gaussian_denoiser(s), "epsilon", s), (1, 1, 2, 3, 3),
+                                   num_steps=num_steps, eta=1.0)
+    assert x.shape == (1, 1, 2, 3, 3) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_one_step_ddim_inversion_starts_from_the_clean_end():
+    """One step from alpha_bar = 1: x_T = sqrt(ab) x0 + sqrt(1 - ab) eps exactly, with a constant eps.
+    Kills the clean end ``-1`` of the inversion's timestep list taken as timestep 1."""
+    s = schedules.make_schedule("linear")
+    x0 = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64).reshape(1, 1, 2, 2, 2)
+    const = Denoiser(lambda x, t: torch.full_like(x, 0.5), "epsilon", s)
+    ab = float(s.alphas_cumprod[-1])
+    expected = ab**0.5 * x0 + (1.0 - ab) ** 0.5 * 0.5
+    torch.testing.assert_close(samplers.ddim_invert(const, x0, num_steps=1), expected, rtol=0, atol=1e-12)

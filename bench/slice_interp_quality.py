@@ -196,7 +196,8 @@ def verdicts(table: dict, recon: pd.DataFrame, targets: dict, model_mode: str | 
     return out
 
 
-def _load(item: object):
+def load_held_out(item: object):
+    """A held-out volume: read from its source, or from the preprocessing cache."""
     return item.load() if isinstance(item, catalog.VolumeSource) else cache.load_volume(item)
 
 
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, recon_rows, dc_rows = [], [], []
     start = time.perf_counter()
     for volume_id, item in volumes:
-        volume = cache.downsample_inplane(_load(item), args.max_inplane_size)
+        volume = cache.downsample_inplane(load_held_out(item), args.max_inplane_size)
         group = group_of(volume_id)
         if interpolator is not None:
             recon_rows.append(

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 try:
@@ -37,25 +36,18 @@ except ImportError:  # run from a checkout without `pip install -e .`
 from ctlib import atomic, paths, provenance  # noqa: E402
 from ctlib.metrics import classification  # noqa: E402
 from ctlib.models.slice_fusion import SliceFusionConfig, SliceFusionEncoder  # noqa: E402
-from ctlib.studies.clip3d import h5store  # noqa: E402
+from ctlib.runs import params as run_params  # noqa: E402
+from ctlib.studies.clip3d import h5store, training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_NOTEBOOK = "2026-12-03_02_clip_train"
+TRAIN_NOTEBOOK = ROOT / "notebooks" / "clip3d" / "2026-12-03_02_clip_train.ipynb"
 
 
-def encoder_config(parameter_set: str, slice_size: int) -> tuple[SliceFusionConfig, dict]:
-    """The volume encoder of the training notebook's parameter set (defaults from its parameters)."""
-    params = yaml.safe_load(
-        (ROOT / "papermill_params" / TRAIN_NOTEBOOK / f"{parameter_set}.yaml").read_text()
-    )
-    config = SliceFusionConfig(
-        slice_net=params.get("slice_net", "resnet"), slice_group=int(params.get("slice_group", 2)),
-        resnet_widths=tuple(params.get("resnet_widths", (16, 32, 64, 128))),
-        resnet_layers=tuple(params.get("resnet_layers", (2, 2, 2, 2))), vit_image_size=int(slice_size),
-        feature_dim=int(params.get("feature_dim", 128)), fusion_depth=int(params.get("fusion_depth", 2)),
-        fusion_heads=int(params.get("fusion_heads", 4)),
-    )  # fmt: skip
-    return config, params
+def encoder_config(parameter_set: str, slice_size: int) -> SliceFusionConfig:
+    """The volume encoder the training notebook builds with ``parameter_set`` (``training.model_config``)."""
+    params = run_params.resolve_parameters(TRAIN_NOTEBOOK, parameter_set).values
+    config = training.model_config(params, int(params["vocab_size"]), slice_size)
+    return SliceFusionConfig.from_dict(config.vision)
 
 
 def load_split(run_dir: Path, name: str) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...]]:
@@ -64,14 +56,13 @@ def load_split(run_dir: Path, name: str) -> tuple[torch.Tensor, np.ndarray, tupl
         return volumes, split.labels.astype(bool), split.findings
 
 
-def as_input(volumes_uint8: torch.Tensor) -> torch.Tensor:
-    return volumes_uint8.float().div(127.5).sub(1.0)[:, None]
-
-
 @torch.no_grad()
 def scores(model: nn.Module, volumes: torch.Tensor, batch_size: int = 8) -> np.ndarray:
     model.eval()
-    out = [model(as_input(volumes[s : s + batch_size])) for s in range(0, len(volumes), batch_size)]
+    out = [
+        model(training.model_input(volumes[s : s + batch_size])[:, None])
+        for s in range(0, len(volumes), batch_size)
+    ]
     model.train()
     return torch.cat(out).numpy()
 
@@ -103,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     run_dir = paths.runs_dir() / args.preprocess_run
     train_x, train_y, findings = load_split(run_dir, "train")
-    config, params = encoder_config(args.parameter_set, int(train_x.shape[-1]))
+    config = encoder_config(args.parameter_set, int(train_x.shape[-1]))
     trained = [j for j in range(len(findings)) if 0 < train_y[:, j].sum() < len(train_y)]
     names = tuple(findings[j] for j in trained)
     model = nn.Sequential(SliceFusionEncoder(config), nn.Linear(config.feature_dim, len(trained)))
@@ -115,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = os.getloadavg()
     while time.perf_counter() - start < args.max_minutes * 60:
         index = torch.randint(len(train_x), (args.batch_size,), generator=generator)
-        logits = model(as_input(train_x[index]))
+        logits = model(training.model_input(train_x[index])[:, None])
         loss = loss_fn(logits, torch.from_numpy(train_y[index.numpy()][:, trained]).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

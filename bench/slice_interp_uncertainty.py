@@ -68,9 +68,7 @@ def summaries(table: pd.DataFrame, curves: pd.DataFrame) -> dict:
     """Per setting and group: mean metrics, share of volumes at the goal, and the decile curve summary."""
     out: dict = {}
     every = pd.concat([table, table[table["group"] != "variants"].assign(group="all")])
-    for (setting, group), part in every.groupby(
-        ["setting", "group"], sort=False
-    ):
+    for (setting, group), part in every.groupby(["setting", "group"], sort=False):
         curve = curves[(curves["setting"] == setting) & (curves["group"] == group)]
         low, high = curve.iloc[0], curve.iloc[-1]
         out.setdefault(setting, {})[group] = {
@@ -149,9 +147,14 @@ def main(argv: list[str] | None = None) -> dict:
     work = [(i, v, [primary]) for i, v in enumerate(volumes)]
     work += [(i, v, variants) for i, v in enumerate(volumes[: args.variant_volumes]) if variants]
     tables, calibrations, start = [], [], time.perf_counter()
+    kept: dict[int, object] = {}  # the variant volumes' pairs, read once for both passes
     for index, (volume_id, item), grid in work:
-        volume = cache.downsample_inplane(quality.load_held_out(item), args.max_inplane_size)
-        pair = quality.PROTOCOLS["slab"].pair(volume, FACTOR)
+        pair = kept.pop(index, None)
+        if pair is None:
+            volume = cache.downsample_inplane(quality.load_held_out(item), args.max_inplane_size)
+            pair = quality.PROTOCOLS["slab"].pair(volume, FACTOR)
+            if index < args.variant_volumes and variants and grid is not variants:
+                kept[index] = pair
         done = ablation.run_ablation({volume_id: pair}, interpolator, grid, seed=0,
                                      window_depth=args.window_depth, chunk=args.chunk, log=print)
         group = quality.group_of(volume_id)

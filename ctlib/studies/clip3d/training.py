@@ -34,6 +34,11 @@ def tokenizer_for(split: h5store.SplitFile, vocab_size: int) -> Tokenizer:
     return report_tokenizer.train_tokenizer(texts + zero_shot.prompt_texts(split.findings), vocab_size)
 
 
+def model_input(volumes_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 volumes ``(..., D, H, W)`` as the model's float input in [-1, 1] (``run_kind.NORMALIZATION``)."""
+    return volumes_uint8.float().div(127.5).sub(1.0)
+
+
 class ClipDataset:
     """A split file as ``{"volume": (1, D, H, W) in [-1, 1], "ids": (T,), "mask": (T,)}`` samples."""
 
@@ -50,7 +55,7 @@ class ClipDataset:
         return int(self.volumes.shape[0])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        volume = self.volumes[index].float().div(127.5).sub(1.0)[None]
+        volume = model_input(self.volumes[index])[None]
         return {"volume": volume, "ids": self.ids[index], "mask": self.mask[index]}
 
 
@@ -85,7 +90,7 @@ def embed_volumes(
     out = []
     for start in range(0, len(volumes_uint8), batch_size):
         chunk = torch.as_tensor(np.stack([np.asarray(v) for v in volumes_uint8[start : start + batch_size]]))
-        out.append(model.encode_volume(chunk.float().div(127.5).sub(1.0)[:, None].to(device)).cpu())
+        out.append(model.encode_volume(model_input(chunk)[:, None].to(device)).cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -145,7 +150,9 @@ def model_config(params: dict, vocab_size: int, slice_size: int) -> CTClipConfig
         fusion_heads=int(params["fusion_heads"]), local_weights_path=str(params["local_weights_path"]),
     )  # fmt: skip
     text = TextEncoderConfig(
-        vocab_size=int(vocab_size), dim=int(params["text_dim"]), depth=int(params["text_depth"]),
+        vocab_size=int(vocab_size),
+        dim=int(params["text_dim"]),
+        depth=int(params["text_depth"]),
         heads=int(params["text_heads"]),
     )
     return CTClipConfig(vision=vision.to_dict(), text=text.to_dict(), embed_dim=int(params["embed_dim"]))

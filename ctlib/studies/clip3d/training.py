@@ -20,7 +20,7 @@ from ctlib.models import report_tokenizer
 from ctlib.models.ct_clip import CTClip, CTClipConfig, clip_loss
 from ctlib.models.slice_fusion import SliceFusionConfig
 from ctlib.models.text_encoder import TextEncoderConfig
-from ctlib.studies.clip3d import h5store, zero_shot
+from ctlib.studies.clip3d import h5store, pair_augment, zero_shot
 
 
 def report_text(findings_text: str, impressions_text: str) -> str:
@@ -40,16 +40,33 @@ def model_input(volumes_uint8: torch.Tensor) -> torch.Tensor:
 
 
 class ClipDataset:
-    """A split file as ``{"volume": (1, D, H, W) in [-1, 1], "ids": (T,), "mask": (T,)}`` samples."""
+    """A split file as ``{"volume": (1, D, H, W) in [-1, 1], "ids": (T,), "mask": (T,)}`` samples.
 
-    def __init__(self, split: h5store.SplitFile, tokenizer: Tokenizer, max_tokens: int = 128) -> None:
+    ``dataset[i]`` is the study as stored; ``sample(i, rng)`` (what ``BatchStream`` calls) applies
+    ``augment`` (``pair_augment``: sentence sampling of the report, volume shift and intensity jitter)
+    when it is active. Texts are padded to ``max_tokens``.
+    """
+
+    def __init__(
+        self,
+        split: h5store.SplitFile,
+        tokenizer: Tokenizer,
+        max_tokens: int = 128,
+        augment: pair_augment.PairAugment | None = None,
+    ) -> None:
         self.volumes = torch.from_numpy(np.stack([split.volume_uint8(i) for i in range(len(split))]))
         texts = [report_text(f, i) for f, i in zip(split.findings_text, split.impressions_text, strict=True)]
-        ids, mask = report_tokenizer.encode(tokenizer, texts, max_tokens)
-        pad = tokenizer.token_to_id("[PAD]")
-        self.ids = torch.full((len(texts), max_tokens), pad, dtype=torch.long)
-        self.mask = torch.zeros((len(texts), max_tokens), dtype=torch.bool)
-        self.ids[:, : ids.shape[1]], self.mask[:, : mask.shape[1]] = ids, mask
+        self.tokenizer, self.max_tokens = tokenizer, int(max_tokens)
+        self.augment = augment or pair_augment.PairAugment()
+        self.sentences = [pair_augment.split_sentences(t) for t in texts]
+        self.ids, self.mask = self._tokenize(texts)
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = report_tokenizer.encode(self.tokenizer, texts, self.max_tokens)
+        padded_ids = torch.full((len(texts), self.max_tokens), self.tokenizer.token_to_id("[PAD]"))
+        padded_mask = torch.zeros((len(texts), self.max_tokens), dtype=torch.bool)
+        padded_ids[:, : ids.shape[1]], padded_mask[:, : mask.shape[1]] = ids, mask
+        return padded_ids, padded_mask
 
     def __len__(self) -> int:
         return int(self.volumes.shape[0])
@@ -57,6 +74,15 @@ class ClipDataset:
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         volume = model_input(self.volumes[index])[None]
         return {"volume": volume, "ids": self.ids[index], "mask": self.mask[index]}
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Study ``index`` with ``augment``'s random sentence subset, shift and intensity change."""
+        if not self.augment.active:
+            return self[index]
+        volume = pair_augment.augment_volume(model_input(self.volumes[index])[None], self.augment, rng)
+        text = pair_augment.augment_text(self.sentences[index], self.augment.sentence_keep, rng)
+        ids, mask = self._tokenize([text])
+        return {"volume": volume, "ids": ids[0], "mask": mask[0]}
 
 
 def loss_fn(batch: dict[str, torch.Tensor], model: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:

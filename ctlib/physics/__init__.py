@@ -1,0 +1,1 @@
+"""X-ray physics: HU -> linear attenuation and a differentiable Beer-Lambert DRR projector."""

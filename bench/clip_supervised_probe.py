@@ -52,7 +52,7 @@ def encoder_config(parameter_set: str, slice_size: int) -> SliceFusionConfig:
 
 def load_split(run_dir: Path, name: str) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...]]:
     with h5store.SplitFile(run_dir / "splits" / f"{name}.h5") as split:
-        volumes = torch.from_numpy(np.stack([split.volume_uint8(i) for i in range(len(split))]))
+        volumes = torch.from_numpy(split.volumes_uint8())
         return volumes, split.labels.astype(bool), split.findings
 
 

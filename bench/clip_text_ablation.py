@@ -43,6 +43,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 from ctlib import atomic, checkpoint, paths, provenance  # noqa: E402
 from ctlib.metrics import classification  # noqa: E402
+from ctlib.models import report_tokenizer  # noqa: E402
 from ctlib.runs import params as run_params  # noqa: E402
 from ctlib.studies.clip3d import h5store, pair_augment, run_kind, training, zero_shot  # noqa: E402
 from ctlib.train import loop, lr_schedules  # noqa: E402
@@ -89,7 +90,7 @@ class SentenceBagDataset(training.ClipDataset):
     def __init__(
         self, split: h5store.SplitFile, bank: SentenceBank, augment: pair_augment.PairAugment
     ) -> None:
-        self.volumes = torch.from_numpy(np.stack([split.volume_uint8(i) for i in range(len(split))]))
+        self.volumes = torch.from_numpy(split.volumes_uint8())
         texts = [
             training.report_text(f, i)
             for f, i in zip(split.findings_text, split.impressions_text, strict=True)
@@ -112,8 +113,9 @@ class SentenceBagDataset(training.ClipDataset):
         volume = pair_augment.augment_volume(
             training.model_input(self.volumes[index])[None], self.augment, rng
         )
-        text = pair_augment.augment_text(self.sentences[index], self.augment.sentence_keep, rng)
-        embeddings, mask = self.bag(pair_augment.split_sentences(text))
+        embeddings, mask = self.bag(
+            pair_augment.sample_sentences(self.sentences[index], self.augment.sentence_keep, rng)
+        )
         return {"volume": volume, "ids": embeddings, "mask": mask}
 
 
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         vocab = tokenizer.get_vocab_size()
 
         def text_inputs(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-            return training.report_tokenizer.encode(tokenizer, texts, 32)
+            return report_tokenizer.encode(tokenizer, texts, 32)
 
     checkpoint.seed_everything(0)
     config = training.model_config(params, vocab, int(train_set.volumes.shape[-1]))
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         callback=validate, resume=False,
     )  # fmt: skip
     (scratch_dir / "model.pt").unlink(missing_ok=True)
-    test_scores = scores([test.volume_uint8(i) for i in range(len(test))])
+    test_scores = scores(test.volumes_uint8())
     test_auroc = {
         f: classification.auroc(test.labels[:, j], test_scores[:, j])
         for j, f in enumerate(findings)

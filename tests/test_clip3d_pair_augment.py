@@ -30,14 +30,13 @@ def test_sentence_sampling_keeps_whole_sentences_and_never_none():
     rng = np.random.default_rng(0)
     lengths = []
     for _ in range(300):
-        text = pair_augment.augment_text(sentences, 0.3, rng)
-        kept = pair_augment.split_sentences(text)
+        kept = pair_augment.sample_sentences(sentences, 0.3, rng)
         assert kept and set(kept) <= set(sentences) and len(kept) == len(set(kept))
         lengths.append(len(kept))
     # each of 4 sentences kept with p 0.3 (empty draws fall back to one): mean about 1.4
     assert 1.2 < np.mean(lengths) < 1.6
     assert max(lengths) >= 3
-    assert pair_augment.augment_text(sentences, 1.0, rng) == " ".join(sentences)
+    assert pair_augment.sample_sentences(sentences, 1.0, rng) == sentences
 
 
 def test_shift_volume_moves_content_and_fills_with_air():
@@ -80,6 +79,7 @@ def test_dataset_sample_is_seeded_and_identity_when_inactive(tmp_path):
     split = _split(tmp_path / "train.h5")
     tokenizer = report_tokenizer.train_tokenizer([REPORT, "Stable."], 200)
     plain = training.ClipDataset(split, tokenizer, 40)
+    assert np.array_equal(split.volumes_uint8()[1], split.volume_uint8(1))
     stored = plain[1]
     drawn = plain.sample(1, np.random.default_rng(0))
     assert all(torch.equal(stored[k], drawn[k]) for k in stored)

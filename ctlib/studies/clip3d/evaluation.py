@@ -36,7 +36,7 @@ def split_scores(
     model: CTClip, tokenizer: Tokenizer, split: h5store.SplitFile, findings: Sequence[str]
 ) -> tuple[np.ndarray, torch.Tensor]:
     """``(N, F)`` zero-shot probabilities and ``(N, E)`` volume embeddings of a split."""
-    embeddings = training.embed_volumes(model, [split.volume_uint8(i) for i in range(len(split))])
+    embeddings = training.embed_volumes(model, split.volumes_uint8())
     prompts = zero_shot.prompt_embeddings(model, tokenizer, findings)
     return zero_shot.zero_shot_scores(model, embeddings.to(prompts.device), prompts), embeddings
 

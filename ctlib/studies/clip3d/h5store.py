@@ -145,6 +145,10 @@ class SplitFile:
         """The stored uint8 ``(D, H, W)`` volume ``index``."""
         return self._file["volumes"][index]
 
+    def volumes_uint8(self) -> np.ndarray:
+        """Every stored volume, ``(N, D, H, W)`` uint8, in one read."""
+        return self._file["volumes"][...]
+
     def volume_hu(self, index: int) -> np.ndarray:
         """Volume ``index`` back in HU (float32, ``preprocess.uint8_to_hu``)."""
         return preprocess.uint8_to_hu(self.volume_uint8(index))

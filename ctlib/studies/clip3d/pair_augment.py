@@ -28,7 +28,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 @dataclasses.dataclass
 class PairAugment(ConfigDict):
-    """Probabilities and ranges of ``augment_text`` and ``augment_volume`` (module docstring)."""
+    """Probabilities and ranges of ``sample_sentences`` and ``augment_volume`` (module docstring)."""
 
     sentence_keep: float = 1.0
     shift_voxels: int = 0
@@ -51,14 +51,14 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
-def augment_text(sentences: list[str], keep: float, rng: np.random.Generator) -> str:
+def sample_sentences(sentences: list[str], keep: float, rng: np.random.Generator) -> list[str]:
     """A random subset of ``sentences`` (each kept with probability ``keep``, at least one), shuffled."""
     if keep >= 1.0 or len(sentences) <= 1:
-        return " ".join(sentences)
+        return list(sentences)
     kept = [s for s in sentences if rng.random() < keep]
     if not kept:
         kept = [sentences[int(rng.integers(len(sentences)))]]
-    return " ".join(kept[i] for i in rng.permutation(len(kept)))
+    return [kept[i] for i in rng.permutation(len(kept))]
 
 
 def shift_volume(volume: torch.Tensor, shifts: tuple[int, ...], fill: float = -1.0) -> torch.Tensor:

@@ -54,7 +54,7 @@ class ClipDataset:
         max_tokens: int = 128,
         augment: pair_augment.PairAugment | None = None,
     ) -> None:
-        self.volumes = torch.from_numpy(np.stack([split.volume_uint8(i) for i in range(len(split))]))
+        self.volumes = torch.from_numpy(split.volumes_uint8())
         texts = [report_text(f, i) for f, i in zip(split.findings_text, split.impressions_text, strict=True)]
         self.tokenizer, self.max_tokens = tokenizer, int(max_tokens)
         self.augment = augment or pair_augment.PairAugment()
@@ -80,8 +80,8 @@ class ClipDataset:
         if not self.augment.active:
             return self[index]
         volume = pair_augment.augment_volume(model_input(self.volumes[index])[None], self.augment, rng)
-        text = pair_augment.augment_text(self.sentences[index], self.augment.sentence_keep, rng)
-        ids, mask = self._tokenize([text])
+        kept = pair_augment.sample_sentences(self.sentences[index], self.augment.sentence_keep, rng)
+        ids, mask = self._tokenize([" ".join(kept)])
         return {"volume": volume, "ids": ids[0], "mask": mask[0]}
 
 

@@ -150,3 +150,21 @@ def test_monai_unet_trains_through_the_loss():
         model.timesteps[0].dtype == torch.long
         and 0 <= model.timesteps[0].min() <= model.timesteps[0].max() <= 999
     )
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v", "x0"])
+def test_with_x0_returns_the_implied_clean_sample_attached_to_the_graph(kind):
+    s = schedules.make_schedule("cosine", num_train_timesteps=50)
+    torch.manual_seed(0)
+    model = ConvDenoiser(1, 1)
+    gen = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(2, 1, 2, 4, 4, generator=gen), torch.randn(2, 1, 2, 4, 4, generator=gen)
+    t = torch.tensor([3, 40])
+    _, info = losses.diffusion_loss(Denoiser(model, kind, s), x0, timesteps=t, noise=noise, with_x0=True)
+    x_t = P.q_sample(x0, t, noise, s)
+    expected, _ = P.predict_x0_eps(kind, model(x_t, t), x_t, t, s)
+    torch.testing.assert_close(info["x0_pred"], expected)
+    info["x0_pred"].abs().sum().backward()
+    assert model.conv.weight.grad is not None and model.conv.weight.grad.abs().sum() > 0
+    _, plain = losses.diffusion_loss(Denoiser(model, kind, s), x0, timesteps=t, noise=noise)
+    assert "x0_pred" not in plain

@@ -44,6 +44,7 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     timesteps: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    with_x0: bool = False,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Denoising diffusion loss (Ho et al. 2020, eq. 14), for eps / v / x0 targets, optionally
     min-SNR-gamma weighted (Hang et al. 2023).
@@ -54,7 +55,10 @@ def diffusion_loss(
     the denoiser's prediction and schedule, and its condition (if any) is the batch's.
 
     x0: (B, C, D, H, W). Returns ``(loss, info)`` with ``info``
-    holding the detached ``t``, ``snr``, ``weight`` and ``per_sample`` loss, each of shape (B,).
+    holding the detached ``t``, ``snr``, ``weight`` and ``per_sample`` loss, each of shape (B,); with
+    ``with_x0`` also ``x0_pred`` (B, C, D, H, W), the clean sample the output implies (Salimans & Ho 2022
+    conversions, unclamped), still attached to the graph so that a loss on it (e.g. a physics loss) trains
+    the denoiser.
     """
     schedule, prediction = denoiser.schedule, denoiser.prediction
     batch = x0.shape[0]
@@ -87,4 +91,6 @@ def diffusion_loss(
         "weight": weight.detach(),
         "per_sample": per_sample.detach(),
     }
+    if with_x0:
+        info["x0_pred"], _ = parameterization.predict_x0_eps(prediction, out, x_t, t, schedule)
     return loss, info

@@ -75,6 +75,10 @@ def test_chord_lengths_of_a_parallel_beam() -> None:
     shape, spacing = (5, 11, 7), (3.0, 2.0, 1.0)
     geometry = drr.ParallelBeam(detector_size_mm=(12.0, 14.0), detector_pixels=(4, 14))
     chords = backproject.chord_lengths_mm(shape, spacing, geometry, 0.0)
-    inside = chords[:, 4:10]  # columns whose rays cross the 6 mm wide box
-    assert torch.allclose(inside, torch.full_like(inside, 20.0), atol=1e-4)  # (H - 1) * dy
+    inside = chords[:, 4:10]  # columns whose rays cross the 7 mm wide box
+    assert torch.allclose(inside, torch.full_like(inside, 22.0), atol=1e-4)  # H * dy: whole voxels
     assert chords[:, 0].abs().max() == 0
+    centres = backproject.chord_lengths_mm(shape, spacing, geometry, 0.0, extent="centres")[:, 4:10]
+    assert torch.allclose(centres, torch.full_like(centres, 20.0), atol=1e-4)  # (H - 1) * dy
+    with pytest.raises(ValueError, match="extent"):
+        backproject.chord_lengths_mm(shape, spacing, geometry, 0.0, extent="edges")

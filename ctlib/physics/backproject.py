@@ -91,14 +91,17 @@ def chord_lengths_mm(
     spacing_mm: tuple[float, float, float],
     geometry: Geometry,
     angle_deg: float,
+    extent: str = "voxels",
 ) -> torch.Tensor:
-    """Length (mm) of every detector pixel's ray inside the volume box (the ``drr.render`` convention,
-    between edge voxel centres): ``(rows, cols)`` float32; 0 where the ray misses."""
-    depth, height, width = (int(n) for n in shape)
+    """Length (mm) of every detector pixel's ray inside the volume box of ``drr.render``'s ``extent``
+    (``"voxels"``: whole voxels; ``"centres"``: between edge voxel centres): ``(rows, cols)`` float32; 0 where
+    the ray misses."""
+    if extent not in ("voxels", "centres"):
+        raise ValueError(f"extent must be 'voxels' or 'centres', got {extent!r}")
+    sizes = [n if extent == "voxels" else n - 1 for n in (int(n) for n in shape)]
+    depth, height, width = sizes
     dz, dy, dx = (float(s) for s in spacing_mm)
-    half = torch.tensor(
-        [(width - 1) * dx / 2, (height - 1) * dy / 2, (depth - 1) * dz / 2], dtype=torch.float64
-    )
+    half = torch.tensor([width * dx / 2, height * dy / 2, depth * dz / 2], dtype=torch.float64)
     origins, directions, t_min, t_max = detector_rays(geometry, angle_deg, dtype=torch.float64)
     _, length = ray_box_segment(origins, directions, half, t_min, t_max)
     rows, cols = (int(n) for n in geometry.detector_pixels)

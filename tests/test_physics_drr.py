@@ -126,9 +126,9 @@ def test_beer_lambert(ellipsoid: torch.Tensor) -> None:
     water = torch.zeros((16, 16, 16))
     parallel = ParallelBeam(detector_size_mm=(8.0, 8.0), detector_pixels=(4, 4))
     through = render_hu(water, (1.0, 1.0, 1.0), parallel, [0.0], energy_kev=60.0, n_samples=32)
-    torch.testing.assert_close(through, torch.full_like(through, 16.0 * mu_water(60.0)))  # 16 voxels of 1 mm
-    centres = render_hu(water, (1.0, 1.0, 1.0), parallel, [0.0], extent="centres", method="march", n_samples=32)
-    torch.testing.assert_close(centres, torch.full_like(centres, 15.0 * mu_water(60.0)))  # between edge centres
+    torch.testing.assert_close(through, torch.full_like(through, 16.0 * mu_water(60.0)))  # 16 voxels, 1 mm
+    centres = render_hu(water, (1.0,) * 3, parallel, [0.0], extent="centres", method="march", n_samples=32)
+    torch.testing.assert_close(centres, torch.full_like(centres, 15.0 * mu_water(60.0)))  # edge centres
 
 
 def _bar() -> torch.Tensor:

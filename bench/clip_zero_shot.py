@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -27,28 +26,12 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from run_summary import run_summary  # noqa: E402  (bench/run_summary.py)
+
 from ctlib import atomic, paths, runs  # noqa: E402
-from ctlib.runs.record import RunRecord  # noqa: E402
 from ctlib.studies.clip3d import h5store, run_kind  # noqa: E402
 
 ANCHORS = {"CT-CLIP": 0.731, "fVLM": 0.778, "supervised pretraining": 0.838}
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _run(run_dir: Path) -> dict:
-    record = RunRecord.from_file(run_dir)
-    return {
-        "run_id": run_dir.name,
-        "parameter_set": record.parameter_set,
-        "duration_s": record.duration_s,
-        "device": record.device,
-        "git": record.git.get("commit"),
-        "parameters": _json(run_dir / "params.json").get("parameters", {}),
-        "metrics": _json(run_dir / "metrics.json"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(paths.repo_root() / "bench" / "results" / "clip_zero_shot.json"))
     args = parser.parse_args(argv)
     evaluate_dir = runs.run_dir_of(args.evaluate_run)
-    evaluate = _run(evaluate_dir)
+    evaluate = run_summary(evaluate_dir)
     train_dir = runs.run_dir_of(evaluate["metrics"]["train_run_id"])
-    train = _run(train_dir)
+    train = run_summary(train_dir)
     preprocess_dir = runs.run_dir_of(str(run_kind.ClipRun.load(train_dir).preprocess_run_id))
-    preprocess = _run(preprocess_dir)
+    preprocess = run_summary(preprocess_dir)
     table = pd.read_csv(evaluate_dir / "findings.csv")
     evaluable = table[table["evaluable"]]
     splits = {}

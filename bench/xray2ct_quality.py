@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -28,8 +27,9 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from run_summary import run_summary  # noqa: E402  (bench/run_summary.py)
+
 from ctlib import atomic, paths, runs  # noqa: E402
-from ctlib.runs.record import RunRecord  # noqa: E402
 from ctlib.studies.xray2ct import evaluation, pairs  # noqa: E402
 
 ANCHORS = {
@@ -38,23 +38,6 @@ ANCHORS = {
     "note": "different data (LIDC chest CT) and protocol; compare with our psnr_3d_x2ct_gan_db column only",
 }
 TRIVIAL = ("training mean", "back-projection")
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _run(run_dir: Path) -> dict:
-    record = RunRecord.from_file(run_dir)
-    return {
-        "run_id": run_dir.name,
-        "parameter_set": record.parameter_set,
-        "duration_s": record.duration_s,
-        "device": record.device,
-        "git": record.git.get("commit"),
-        "parameters": _json(run_dir / "params.json").get("parameters", {}),
-        "metrics": _json(run_dir / "metrics.json"),
-    }
 
 
 def _training(run: dict) -> dict:
@@ -81,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     evaluate_dir = runs.run_dir_of(args.evaluate_run)
-    evaluate = _run(evaluate_dir)
+    evaluate = run_summary(evaluate_dir)
     m = evaluate["metrics"]
     preprocess_dir = runs.run_dir_of(m["preprocess_run_id"])
-    preprocess = _run(preprocess_dir)
-    baseline, diffusion = (_run(runs.run_dir_of(m[k])) for k in ("baseline_run_id", "diffusion_run_id"))
+    preprocess = run_summary(preprocess_dir)
+    baseline = run_summary(runs.run_dir_of(m["baseline_run_id"]))
+    diffusion = run_summary(runs.run_dir_of(m["diffusion_run_id"]))
     scores = pd.read_csv(evaluate_dir / "case_scores.csv")
     scored = scores[scores.method != "truth (re-rendered)"]
     table = evaluation.summary_table(scored)

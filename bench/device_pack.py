@@ -21,6 +21,15 @@ Build, then check (sizes against BUDGET_MIB, wheel closure, data roles)::
 
     python bench/device_pack.py            # --only wheels | data; --check checks without building
 
+``--subset xray2ct`` builds instead the data of bench/xray2ct_gpu_campaign.py (bench/xray2ct_subset.py:
+the LIDC chest CT, both thin CTs, a TotalSegmentator CT and OpenKBP patients of every split, cut to what
+the study's gpu grid reads) into the same ``.campaign_data/`` (SUBSET.md says which), with
+``--slim-wheels`` (SLIM: the test data inside the nibabel and pydicom wheels, 3.9 MiB). Its budget,
+XRAY2CT_BUDGET_MIB: the tree (49.8 MiB on 2026-12-04) and the slim wheels (6.3 MiB) leave 6.9 MiB of the
+63, which the subset fills (OpenKBP patients added while they fit: 9 train / 1 validation / 4 test cases
+then); rebuild it (``--subset xray2ct --only data``, 30 s) when the tree has grown. The slice-interpolation
+subset above (33 MiB) no longer fits beside a tree of that size.
+
 Device (nvidia-h200), ``carry`` [".whl", ".campaign_data"]; the campaign runs in two calls because one
 command runs at most 10 minutes, the second one within the 30 s the machine stays warm (runs and
 /tmp/site are still there)::
@@ -61,6 +70,8 @@ from ctlib.io.volume import Volume  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 WHEELS, DATA = REPO / ".whl", REPO / ".campaign_data"
 BUDGET_MIB = 60.0  # the device takes 64 MiB; the rest is margin for files added meanwhile
+XRAY2CT_BUDGET_MIB = 63.0  # --subset xray2ct fills its data up to this (1 MiB margin: --check before a call)
+SUBSETS = ("slice_interp", "xray2ct")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 DEVICE_ENV = {  # PEP 508 environment of the device's python3 (3.12.3, KINDS.md)
     "python_version": "3.12", "python_full_version": "3.12.3", "implementation_version": "3.12.3",
@@ -80,6 +91,9 @@ PRUNED = {
     "prompt-toolkit": "IPython's terminal front end, which a kernel never starts (and wcwidth)",
     "stack-data": "IPython's verbose tracebacks, imported lazily (and executing, asttokens, pure-eval)",
 }
+# Test data inside carried wheels, never imported by the campaigns (--slim-wheels; nibabel 2.7 MB, pydicom
+# 1.1 MB): members whose path starts with a prefix are dropped and their RECORD lines with them.
+SLIM = {"nibabel": ("nibabel/tests/", "nibabel/*/tests/"), "pydicom": ("pydicom/data/test_files/",)}
 # The device image's packages (KINDS.md, "Python packages already there", read 2026-11-17).
 DEVICE_PACKAGES = frozenset(canonicalize_name(n) for n in """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build
@@ -220,6 +234,41 @@ def check_wheels(folder: Path) -> list[str]:
                 problems.append(f"{name} needs {needed}, neither carried nor on the device nor pruned")
     return problems
 
+
+def slim_wheel(wheel: Path, prefixes: Iterable[str]) -> int:
+    """Rewrite ``wheel`` without the members matching ``prefixes`` (``fnmatch`` patterns of a path start)
+    and their RECORD lines; the bytes saved (0: nothing matched, the file is left as it was)."""
+    patterns = [f"{p}*" for p in prefixes]
+    with zipfile.ZipFile(wheel) as source:
+        names = [i.filename for i in source.infolist()]
+        dropped = {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
+        if not dropped:
+            return 0
+        before = wheel.stat().st_size
+        slim = wheel.with_name(wheel.name + ".tmp")
+        with zipfile.ZipFile(slim, "w", compression=zipfile.ZIP_DEFLATED) as target:
+            for info in source.infolist():
+                if info.filename in dropped:
+                    continue
+                data = source.read(info)
+                if re.fullmatch(r"[^/]+\.dist-info/RECORD", info.filename):
+                    lines = data.decode("utf-8").splitlines(keepends=True)
+                    data = "".join(line for line in lines if line.split(",", 1)[0] not in dropped).encode()
+                target.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    slim.replace(wheel)
+    return before - wheel.stat().st_size
+
+
+def slim_wheels(folder: Path, slim: Mapping[str, Iterable[str]] = SLIM) -> list[str]:
+    """``slim_wheel`` on each wheel of ``folder`` named in ``slim``; one note per wheel rewritten."""
+    notes = []
+    for name, wheels in wheels_by_name(folder).items():
+        for wheel in wheels if name in slim else []:
+            saved = slim_wheel(wheel, slim[name])
+            if saved:
+                notes.append(f"{wheel.name}: test data dropped, {saved / 2**20:.1f} MiB less")
+    return notes
+
 # -------------------------------------------------------------------------------------------- data
 THIN_CT = (  # (path, slices kept around the middle; 0 keeps all)
     ("thin_ct/cptac-gbm_C3N-01192_head_1.25mm.nii.gz", 64),  # train: the seed's regime; of 160
@@ -357,26 +406,60 @@ def budget(parts: Mapping[str, int], limit_mib: float = BUDGET_MIB) -> tuple[lis
     return lines, total <= limit_mib * 2**20
 
 
+def subset_in(folder: Path) -> str | None:
+    """Which subset ``folder`` holds (the first line of its SUBSET.md), None when there is none."""
+    marker = folder / "SUBSET.md"
+    if not marker.is_file():
+        return None
+    return "xray2ct" if marker.read_text().startswith("# xray2ct") else "slice_interp"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--only", choices=["wheels", "data"], help="build one of the two (default both)")
     parser.add_argument("--check", action="store_true", help="check what is there, build nothing")
+    parser.add_argument("--subset", choices=SUBSETS, default="slice_interp",
+                        help="the data for bench/gpu_campaign.py (default) or bench/xray2ct_gpu_campaign.py "
+                        f"(bench/xray2ct_subset.py, filled up to {XRAY2CT_BUDGET_MIB:g} MiB; implies "
+                        "--slim-wheels)")
+    parser.add_argument("--slim-wheels", action="store_true",
+                        help="drop the test data SLIM names from the wheels")
     parser.add_argument("--pins-from", type=Path, default=REPO / ".venv/bin/python",
                         help="the interpreter whose pip freeze pins the versions")
     parser.add_argument("--source", type=Path, default=None, help="the shared data (default $CTLIB_DATA_DIR)")
     args = parser.parse_args(argv)
     source = args.source or paths.data_dir(required=False)
+    xray2ct = args.subset == "xray2ct"
+    limit_mib = XRAY2CT_BUDGET_MIB if xray2ct else BUDGET_MIB
     if not args.check and args.only in (None, "wheels"):
         for note in build_wheels(WHEELS, pins_of(args.pins_from)):
+            print(f"device_pack: {note}")
+    if not args.check and args.only in (None, "wheels") and (args.slim_wheels or xray2ct):
+        for note in slim_wheels(WHEELS):
             print(f"device_pack: {note}")
     if not args.check and args.only in (None, "data"):
         if source is None:
             raise SystemExit("device_pack: set $CTLIB_DATA_DIR or --source to the shared data")
-        build_data(source, DATA)
+        if xray2ct:
+            import xray2ct_subset  # bench/xray2ct_subset.py, beside this file
+
+            room = int(limit_mib * 2**20) - tree_bytes(REPO) - folder_bytes(WHEELS)
+            print(f"device_pack: {room / 2**20:.2f} MiB left for {DATA.name} by the tree and {WHEELS.name}")
+            for line in xray2ct_subset.build(source, DATA, room):
+                print(f"device_pack: {line}")
+        else:
+            build_data(source, DATA)
     problems = check_wheels(WHEELS) if WHEELS.is_dir() else [f"{WHEELS.name}: missing"]
-    if DATA.is_dir():
+    if DATA.is_dir() and subset_in(DATA) != args.subset:
+        problems.append(f"{DATA.name} holds the {subset_in(DATA)} subset, not {args.subset}: build it")
+    elif DATA.is_dir() and xray2ct:
+        import xray2ct_subset
+
+        problems += xray2ct_subset.check(DATA, source)
+        print(f"device_pack: cases in {DATA.name}: {xray2ct_subset.counts(DATA)}")
+    elif DATA.is_dir():
         subset = roles(DATA)
         problems += check_roles(subset, roles(source) if source is not None else None)
         counts = {s: sum(v == s for v in subset.values()) for s in ("train", "validation", "test")}
@@ -388,9 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"{folder.name} must be git-ignored: it travels by carry, never committed")
     lines, fits = budget({"tree (git ls-files)": tree_bytes(REPO), f"{WHEELS.name} "
                           f"({len(list(WHEELS.glob('*.whl')))} wheels)": folder_bytes(WHEELS),
-                          DATA.name: folder_bytes(DATA)})
+                          DATA.name: folder_bytes(DATA)}, limit_mib)
     print("\n".join(lines))
-    problems += [] if fits else [f"over the {BUDGET_MIB:g} MiB budget"]
+    problems += [] if fits else [f"over the {limit_mib:g} MiB budget"]
     for problem in problems:
         print(f"device_pack: PROBLEM: {problem}")
     return 1 if problems else 0

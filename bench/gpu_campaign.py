@@ -75,9 +75,12 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 STATE = "campaign.json"
 
 
-def _run(name: str, parameter_set: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """One notebook run (in this process); its id, status, seconds, metrics and trained steps."""
-    result = execute.run_notebook(NOTEBOOKS[name], parameter_set or None, overrides, raise_on_failure=False)
+def record_run(
+    notebook: str, parameter_set: str, overrides: dict[str, Any], checkpoint_file: str | None = None
+) -> dict[str, Any]:
+    """One notebook run (in this process): its id, status, seconds and error; when it completed, its metrics
+    and, with ``checkpoint_file`` (relative to the run folder), the trained steps stored there."""
+    result = execute.run_notebook(notebook, parameter_set or None, overrides, raise_on_failure=False)
     record = {
         "run_id": result.run_id,
         "status": result.status,
@@ -86,10 +89,14 @@ def _run(name: str, parameter_set: str, overrides: dict[str, Any]) -> dict[str, 
     }
     if result.status == "completed":
         record["metrics"] = execute.load_metrics(result.run_id)
-        if name in CHECKPOINTS:
-            saved = checkpoint.load_checkpoint(result.run_dir / CHECKPOINTS[name])
+        if checkpoint_file:
+            saved = checkpoint.load_checkpoint(result.run_dir / checkpoint_file)
             record["trained_steps"] = int(saved["extra"].get("step", 0))
     return record
+
+
+def _run(name: str, parameter_set: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    return record_run(NOTEBOOKS[name], parameter_set, overrides, CHECKPOINTS.get(name))
 
 
 def _check(step: str, record: dict[str, Any]) -> None:
@@ -128,7 +135,7 @@ def run_steps(steps: list[str], state: dict[str, Any], args: argparse.Namespace)
             )
             _check(step, state["diffusion"])
         elif step == "evaluate":
-            _bench(
+            bench_script(
                 "slice_interp_quality.py",
                 args.out / "quality.json",
                 "--diffusion-run",
@@ -142,7 +149,7 @@ def run_steps(steps: list[str], state: dict[str, Any], args: argparse.Namespace)
                 *args.bench_args,
             )
         elif step == "speed":
-            _bench(
+            bench_script(
                 "full_volume_speed.py",
                 args.out / "speed.json",
                 "--diffusion-run",
@@ -155,7 +162,8 @@ def run_steps(steps: list[str], state: dict[str, Any], args: argparse.Namespace)
         print(f"gpu_campaign: {step} done in {state['seconds'][step]:.0f} s", flush=True)
 
 
-def _bench(script: str, out: Path, *arguments: str) -> None:
+def bench_script(script: str, out: Path, *arguments: str) -> None:
+    """Run ``bench/<script> --out <out> <arguments>`` with this interpreter; a failure raises."""
     command = [sys.executable, str(paths.repo_root() / "bench" / script), "--out", str(out), *arguments]
     subprocess.run(command, check=True)
 

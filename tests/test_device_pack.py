@@ -95,3 +95,25 @@ def test_compact_ct_keeps_the_body_and_its_positions():
     original = volume.array[2:10, y0 : y0 + small.shape[1], x0 : x0 + small.shape[2]]
     np.testing.assert_array_equal(small.array[inside], original[inside])
     assert small.array[0, 0, 0] == bench.AIR_HU
+
+
+def test_slim_wheel_drops_test_data_and_its_record_lines(tmp_path):
+    import zipfile
+
+    bench = load_bench()
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    members = {"demo/__init__.py": b"x = 1\n", "demo/tests/data/big.bin": b"0" * 5000,
+               "demo/sub/tests/test_a.py": b"assert True\n", "demo/testing.py": b"y = 2\n"}
+    record = "".join(f"{n},sha256=abc,{len(d)}\n" for n, d in members.items())
+    record += "demo-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        archive.writestr("demo-1.0.dist-info/RECORD", record)
+    assert bench.slim_wheel(wheel, ("demo/tests/", "demo/*/tests/")) > 0
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        kept_record = archive.read("demo-1.0.dist-info/RECORD").decode()
+    assert names == {"demo/__init__.py", "demo/testing.py", "demo-1.0.dist-info/RECORD"}
+    assert "tests" not in kept_record and "demo/testing.py," in kept_record
+    assert bench.slim_wheel(wheel, ("demo/tests/",)) == 0, "a slim wheel is left as it is"

@@ -59,7 +59,7 @@ def score_case(
 ) -> dict[str, float]:
     """Image scores of one prediction plus its projection consistency (``projection_`` keys)."""
     scores = volume_quality.volume_scores(prediction_hu, truth_hu, windows=tuple(windows))
-    rendered = geometry.render_hu(torch.from_numpy(np.asarray(prediction_hu, np.float32))[None])[0]
+    rendered = geometry.render_hu(torch.tensor(np.asarray(prediction_hu, np.float32))[None])[0]  # a copy
     consistency = volume_quality.projection_consistency(rendered.numpy(), np.asarray(views, np.float32))
     scores.update({f"projection_{k}": float(v) for k, v in consistency.items()})
     return scores

@@ -1,4 +1,4 @@
-"""Make tests/data/drr_diffdrr_siddon.npz: DiffDRR 0.6.1 Siddon DRRs of the shared chest CT, the reference
+"""Make tests/fixtures/drr_diffdrr_siddon.npz: DiffDRR 0.6.1 Siddon DRRs of the shared chest CT, the reference
 that ``tests/test_physics_drr.py::test_agrees_with_diffdrr_siddon_on_the_chest_ct`` compares ctlib against
 without DiffDRR installed (its dependencies are not in the dev extra).
 
@@ -11,7 +11,7 @@ DiffDRR renders that same mu volume (``bench/diffdrr_anchor.py``: its density bu
 own pose API) with its default Siddon renderer, cone beam 541 / 949 mm, a 64 x 64 detector of 10 mm
 pixels (640 mm: the field of ``bench/drr_speed.py``), PA (0 degrees) and left lateral (90 degrees).
 
-    python bench/drr_reference.py [--out tests/data/drr_diffdrr_siddon.npz]
+    python bench/drr_reference.py [--out tests/fixtures/drr_diffdrr_siddon.npz]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=paths.repo_root() / "tests/data/drr_diffdrr_siddon.npz")
+    default_out = paths.repo_root() / "tests" / "fixtures" / "drr_diffdrr_siddon.npz"
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args(argv)
     version = diffdrr_anchor.version()
     if version is None:

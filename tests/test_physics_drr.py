@@ -26,7 +26,7 @@ from ctlib.physics.drr import (
 N, SPACING, MU = 128, 1.0, 0.02
 AXES = (56.0, 48.0, 58.0)  # ellipsoid semi-axes (x, y, z) in mm, inside the 127 mm box
 CENTRE = (2.0, -1.0, 1.0)
-REFERENCE = Path(__file__).parent / "data" / "drr_diffdrr_siddon.npz"  # made by bench/drr_reference.py
+REFERENCE = Path(__file__).parent / "fixtures" / "drr_diffdrr_siddon.npz"  # made by bench/drr_reference.py
 METHODS = ["march", "planes"]
 
 
@@ -224,8 +224,8 @@ def pooled_chest_ct(data_root: Path) -> tuple[torch.Tensor, tuple[float, float, 
 def test_agrees_with_diffdrr_siddon_on_the_chest_ct(
     pooled_chest_ct: tuple[torch.Tensor, tuple[float, float, float], dict], method: str
 ) -> None:
-    """Against DiffDRR 0.6.1's Siddon renderer on the same mu (``tests/data/drr_diffdrr_siddon.md``): PA and
-    left lateral, whole-voxel box, relative L2 <= 1 % (measured 0.52-0.56 %)."""
+    """Against DiffDRR 0.6.1's Siddon renderer on the same mu (``tests/fixtures/drr_diffdrr_siddon.md``):
+    PA and left lateral, whole-voxel box, relative L2 <= 1 % (measured 0.52-0.56 %)."""
     mu, spacing, meta = pooled_chest_ct
     with np.load(REFERENCE) as stored:
         reference = torch.from_numpy(stored["images"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ctlib.data import windows
-from ctlib.physics import attenuation, drr
+from ctlib.physics import attenuation
 from ctlib.studies.xray2ct import normalization
 from ctlib.studies.xray2ct.views import ViewGeometry
 
@@ -42,14 +42,10 @@ class SIRTConsistency:
         ones = torch.ones((1, *geometry.shape), device=drrs.device)
         with torch.enable_grad():
             ones.requires_grad_(True)
-            ray_lengths = self._project(ones)
+            ray_lengths = self.geometry.render_mu(ones)
             (column,) = torch.autograd.grad(ray_lengths, ones, torch.ones_like(ray_lengths))
         self.inverse_rays = torch.where(ray_lengths > 0, 1.0 / ray_lengths.detach().clamp(min=1e-6), 0.0)
         self.inverse_columns = torch.where(column > 0, 1.0 / column.clamp(min=1e-6), 0.0)
-
-    def _project(self, mu: torch.Tensor) -> torch.Tensor:
-        g = self.geometry
-        return drr.render(mu, g.spacing_mm, g.cone(), list(g.angles_deg), n_samples=g.n_samples)
 
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
         """One SIRT step on ``x0`` ``(B, 1, D, H, W)`` in model units; returns the corrected x0."""
@@ -59,7 +55,7 @@ class SIRTConsistency:
         mu = (self.mu_water * (1.0 + hu / 1000.0)).clamp(min=0.0).detach()
         with torch.enable_grad():
             mu.requires_grad_(True)
-            rendered = self._project(mu)
+            rendered = self.geometry.render_mu(mu)
             residual = (self.drrs.expand_as(rendered) - rendered.detach()) * self.inverse_rays
             (update,) = torch.autograd.grad(rendered, mu, residual)
         mu = (mu.detach() + self.weight * self.inverse_columns * update).clamp(min=0.0)

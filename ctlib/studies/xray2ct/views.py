@@ -75,10 +75,13 @@ class ViewGeometry(ConfigDict):
             n_samples=int(n_samples or pairs.n_samples),
         )
 
+    def render_mu(self, mu: torch.Tensor) -> torch.Tensor:
+        """Line integrals ``(B, V, rows, cols)`` of attenuation volumes ``(B, D, H, W)`` in 1/mm."""
+        return drr.render(mu, self.spacing_mm, self.cone(), list(self.angles_deg), n_samples=self.n_samples)
+
     def render_hu(self, hu: torch.Tensor) -> torch.Tensor:
         """Line integrals ``(B, V, rows, cols)`` of HU volumes ``(B, D, H, W)`` (differentiable)."""
-        mu = attenuation.hu_to_mu(hu, self.energy_kev)
-        return drr.render(mu, self.spacing_mm, self.cone(), list(self.angles_deg), n_samples=self.n_samples)
+        return self.render_mu(attenuation.hu_to_mu(hu, self.energy_kev))
 
     def detector_grids(self) -> torch.Tensor:
         """``(V, D, H, W, 2)``: where every voxel projects on each view's detector (``backproject``)."""

@@ -24,7 +24,7 @@ from ctlib.diffusion import schedules
 from ctlib.diffusion.denoiser import Denoiser
 from ctlib.diffusion.ema import EMA
 from ctlib.errors import CTInputError
-from ctlib.models import dose_unet, latent_unet, regressor, vae_run
+from ctlib.models import dose_unet, latent_unet, regressor, vae_run, volume_embedder
 from ctlib.models import vae as vae_module
 from ctlib.runs.record import RunRecord
 from ctlib.studies.clip3d import run_kind as clip_run_kind
@@ -33,6 +33,7 @@ from ctlib.studies.dose import diffusion as dose_diffusion
 from ctlib.studies.dose import model_io, run_kind
 from ctlib.studies.dose.patient_file import save_dose_patient
 from ctlib.studies.interp import datasets, latent_diffusion, run_kinds
+from ctlib.studies.retrieval import run_kind as retrieval_run_kind
 from ctlib.train import loop
 from tests.test_dose_datasets import ROIS, synthetic_patient
 
@@ -357,8 +358,63 @@ class ClipContract(RunKindContract):
                 "step": loaded.step, "weights": loaded.weights, "vocab": loaded.tokenizer.get_vocab()}
 
 
+# ------------------------------------------------------------------------------------------- retrieval
+class RetrievalContract(RunKindContract):
+    """The retrieval training run (micro-F1 mode, validated at the last step): the loader prefers the
+    validation-selected embedder (``best_model.safetensors``) over the last state."""
+
+    name, notebook_stem = "retrieval", "2026-12-04_02_retrieval_train"
+    run_type = retrieval_run_kind.RetrievalRun
+    parameters = {"mode": "micro_f1"}
+
+    def train_run(self, run_dir: Path, tmp: Path) -> None:
+        from ctlib.studies.retrieval import dataset, training, validation
+
+        generator = torch.Generator().manual_seed(0)
+        volumes = torch.randint(0, 256, (6, 8, 8, 8), generator=generator, dtype=torch.uint8).numpy()
+        labels = torch.tensor([[1, 0], [0, 1], [1, 1], [1, 0], [0, 1], [0, 0]], dtype=torch.uint8).numpy()
+        ids = [f"case{i}" for i in range(6)]
+        split_file = dataset.write_split(tmp / "train.npz", volumes, labels, ["nodule", "effusion"], ids, ids,
+                                         ["phantom"] * 6, (-1000.0, 1000.0))
+        split = dataset.RetrievalSplit.load(split_file)
+        config = volume_embedder.VolumeEmbedderConfig(input_shape=(8, 8, 8), widths=(2, 4), embedding_dim=4,
+                                                      n_classes=2)
+        loss = training.LossConfig(mode="micro_f1")
+        torch.manual_seed(0)
+        trainer = training.RetrievalTrainer(volume_embedder.VolumeEmbedder(config), loss)
+        path = self.run_type.checkpoint_file(run_dir)
+        validator = validation.RetrievalValidation(split, split, use_head=True, every=2, k=2,
+                                                   best_path=path.parent / validation.BEST_WEIGHTS)
+        extra = {"preprocess_run_id": "pre", "loss": loss.to_dict(), "label_names": split.label_names,
+                 "window_hu": list(split.window_hu), "input_shape": list(split.input_shape)}
+        train(trainer, training.loss_fn, training.RetrievalDataset(split), path,
+              normalization=retrieval_run_kind.NORMALIZATION, model_config=config.to_dict(), extra=extra,
+              callback=validator)
+        validator.close()
+        self.trained = {"module": trainer, "volumes": split.volumes[:3], "facts": {
+            "embedder_config": config.to_dict(), "loss": loss.to_dict(),
+            "label_names": ("nodule", "effusion"), "window_hu": (-1000.0, 1000.0), "input_shape": (8, 8, 8),
+            "preprocess_run_id": "pre", "step": 2, "weights": "best"}}
+
+    def _predict(self, model: torch.nn.Module) -> torch.Tensor:
+        return torch.from_numpy(volume_embedder.get_embeddings(model, self.trained["volumes"]))
+
+    def predict_trained(self) -> torch.Tensor:
+        return self._predict(self.trained["module"])
+
+    def predict_loaded(self, loaded: retrieval_run_kind.RetrievalRun) -> torch.Tensor:
+        return self._predict(loaded.model)
+
+    def facts(self, loaded: retrieval_run_kind.RetrievalRun) -> dict[str, Any]:
+        return {"embedder_config": loaded.embedder_config, "loss": loaded.loss,
+                "label_names": loaded.label_names, "window_hu": loaded.window_hu,
+                "input_shape": loaded.input_shape, "preprocess_run_id": loaded.preprocess_run_id,
+                "step": loaded.step, "weights": loaded.weights}
+
+
 CONTRACTS: list[type[RunKindContract]] = [
     VAEContract, DiffusionContract, RegressorContract, DoseUNetContract, DoseDiffusionContract, ClipContract,
+    RetrievalContract,
 ]
 
 

@@ -54,7 +54,7 @@ class SliceFusionConfig(ConfigDict):
             raise ValueError("slice_group must be >= 1 and feature_dim divisible by fusion_heads")
 
 
-def _slice_network(config: SliceFusionConfig) -> tuple[nn.Module, int]:
+def slice_network(config: SliceFusionConfig) -> tuple[nn.Module, int]:
     if config.slice_net == "resnet":
         net = ResNet(
             "basic",
@@ -108,7 +108,7 @@ class SliceFusionEncoder(nn.Module):
     def __init__(self, config: SliceFusionConfig) -> None:
         super().__init__()
         self.config = config
-        self.slice_net, width = _slice_network(config)
+        self.slice_net, width = slice_network(config)
         if config.local_weights_path:
             load_local_weights(self.slice_net, config.local_weights_path)
         self.project = nn.Linear(width, config.feature_dim)

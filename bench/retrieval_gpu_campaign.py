@@ -4,7 +4,7 @@ Steps (each a recorded run of its notebook, each training loop bounded by ``max_
 
 1. ``preprocess``: ``retrieval/01_preprocess`` (``gpu``: 64 x 128 x 128, the real CT of $CTLIB_DATA_DIR and
    the generated CT-report set on the shared chest CTs).
-2. ``models``: ``02_train`` in both modes at the same time (``gpu-triplet`` and ``gpu-micro-f1``, two
+2. ``models``: ``02_train`` in both modes at the same time (``gpu`` and ``gpu-micro-f1``, two
    processes on one GPU; they share no state).
 3. ``evaluate``: ``03_evaluate`` of the two runs on the test split; ``figures``: ``04_figures`` of it
    (the run's folder only); ``quality``: ``bench/retrieval_quality.py`` on the evaluation run.
@@ -54,7 +54,7 @@ NOTEBOOKS = {
     "evaluate": "notebooks/retrieval/2026-12-04_03_retrieval_evaluate.ipynb",
     "figures": "notebooks/retrieval/2026-12-04_04_retrieval_figures.ipynb",
 }
-MODES = {"triplet": "gpu-triplet", "micro_f1": "gpu-micro-f1"}  # mode -> training parameter set
+MODES = {"triplet": "gpu", "micro_f1": "gpu-micro-f1"}  # mode -> training parameter set
 CHECKPOINT = "checkpoints/retrieval_model.pt"  # ctlib.studies.retrieval.run_kind.RetrievalRun
 BEST = "checkpoints/best_model.safetensors"
 

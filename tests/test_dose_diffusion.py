@@ -105,3 +105,24 @@ def test_spec_round_trip_and_checks():
         diffusion.DoseDiffusionSpec(prediction="score")
     with pytest.raises(ValueError, match="schedule"):
         diffusion.DoseDiffusionSpec(schedule="sigmoid")
+
+
+def test_sampling_clips_x0_to_the_dose_normalization_range(monkeypatch):
+    """The x0 clip must span the data range of the normalization (0 Gy .. dose_scale_gy): a clip to (0, 1)
+    floors every predicted dose at 40 Gy and still returns doses inside [0, 80] Gy."""
+    from ctlib.diffusion import samplers
+
+    seen = {}
+
+    def low_dose_sampler(denoiser, shape, *, clip_x0, **kwargs):
+        seen["clip_x0"] = clip_x0
+        return torch.full(shape, -1.0).clamp(*clip_x0)  # a sample whose x0 is 0 Gy everywhere
+
+    monkeypatch.setattr(samplers, "get_sampler", lambda name: low_dose_sampler)
+    model, batch = _model(), _batch()
+    dose = model.sampler(num_steps=2)(batch["inputs"], batch["constraints"])
+    low, high = seen["clip_x0"]
+    assert float(diffusion.unit_to_dose(torch.tensor(low), 80.0)) == 0.0
+    assert float(diffusion.unit_to_dose(torch.tensor(high), 80.0)) == pytest.approx(80.0)
+    assert float(dose.max()) == 0.0  # a 0 Gy sample comes back as 0 Gy, not floored
+    assert diffusion.unit_range(80.0) == (-1.0, 1.0) and diffusion.unit_range(70.0) == (-1.0, 1.0)

@@ -8,7 +8,8 @@ SDFs, possible-dose mask) and, with ``constraint_channels``, on the constraint v
 ``K`` constant channels (each entry divided by its scale, as the U-Net's FiLM input). Training and
 sampling reuse ``ctlib.diffusion`` (schedules, eps / v / x0 targets, min-SNR-gamma weighting, the
 sampler registry) through the denoiser adapter of ``ctlib.diffusion.denoiser``; the U-Net
-sees raw timesteps 0..T-1 in both. Sampling clips x0 to [-1, 1] at every step.
+sees raw timesteps 0..T-1 in both. Sampling clips x0 to the data range [-1, 1] (``unit_range``: 0 Gy to
+``dose_scale_gy``) at every step.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def dose_to_unit(dose_gy: torch.Tensor, dose_scale_gy: float) -> torch.Tensor:
 def unit_to_dose(x: torch.Tensor, dose_scale_gy: float) -> torch.Tensor:
     """Inverse of ``dose_to_unit``, clamped to non-negative dose."""
     return ((x + 1.0) * 0.5 * dose_scale_gy).clamp_min(0.0)
+
+
+def unit_range(dose_scale_gy: float) -> tuple[float, float]:
+    """The data range of the diffusion, ``dose_to_unit`` of 0 Gy and of ``dose_scale_gy``: what sampling clips
+    x0 to (a narrower clip, e.g. to (0, 1), would floor every predicted dose at ``dose_scale_gy / 2``)."""
+    return (float(dose_to_unit(torch.tensor(0.0), dose_scale_gy)),
+            float(dose_to_unit(torch.tensor(float(dose_scale_gy)), dose_scale_gy)))  # fmt: skip
 
 
 def condition_channels(num_inputs: int, num_constraints: int, spec: DoseDiffusionSpec) -> int:
@@ -125,7 +133,8 @@ class DoseDiffusion(nn.Module):
                 cond = self.condition(inputs.float(), constraints)
                 x = sample(
                     self.denoiser(cond), (inputs.shape[0], 1, *inputs.shape[2:]),
-                    num_steps=num_steps, generator=generator, eta=eta, clip_x0=(-1.0, 1.0),
+                    num_steps=num_steps, generator=generator, eta=eta,
+                    clip_x0=unit_range(self.spec.dose_scale_gy),
                 )
             finally:
                 self.train(was_training)

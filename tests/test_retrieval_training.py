@@ -383,3 +383,18 @@ def test_run_kind_refuses_unusable_best_weights(tmp_path):
     with pytest.raises(CTInputError, match=r"unusable retrieval checkpoint .*model\.safetensors: unreadable"):
         run_kind.RetrievalRun.load(tmp_path)
     assert run_kind.RetrievalRun.load(tmp_path, prefer_best=False).weights == "last"
+
+
+def test_validation_writes_files_on_rank_zero_only(tmp_path, monkeypatch):
+    """Under DDP every rank validates, but only rank 0 writes the best weights and the event files."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    split = make_split(6, seed=3)
+    best, events = tmp_path / "best.safetensors", tmp_path / "tb"
+    validator = validation.RetrievalValidation(split, split, use_head=False, knn_k=2, best_path=best,
+                                               log_dir=events)
+    model = embedder()
+    record = {"step": 1, "loss": 1.0}
+    validator(record, model)
+    assert "val_micro_f1" in record and validator.history[0]["best"]
+    assert not best.exists() and not events.exists()

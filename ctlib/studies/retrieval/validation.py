@@ -5,8 +5,8 @@ At every ``every``-th log step of ``ctlib.train.loop`` the callback embeds the v
 ``train_eval`` subset of the training split, and records ``val_micro_f1`` (head in micro-F1 mode, else a
 ``knn_k``-nearest-neighbour label vote over ``train_eval``), ``val_mAP@k`` and ``val_NDCG@k``
 (validation as its own gallery, query excluded). The best weights are selected by micro-F1, then mAP@k,
-and written to ``best_model.safetensors`` with a JSON sidecar (step, metrics, embedder config); loading never
-unpickles.
+and written (by rank 0 under DDP) to ``best_model.safetensors`` with a JSON sidecar (step, metrics,
+embedder config); loading never unpickles.
 TensorBoard (``torch.utils.tensorboard``): the training losses, these metrics, and the micro-averaged PR
 curve of the label scores, under ``log_dir``.
 """
@@ -29,6 +29,7 @@ from ctlib.metrics import multilabel, retrieval
 from ctlib.models.volume_embedder import VolumeEmbedder, from_config, get_embeddings, unwrap
 from ctlib.studies.retrieval.dataset import RetrievalSplit
 from ctlib.studies.retrieval.evaluation import knn_label_scores
+from ctlib.train import distributed
 
 BEST_WEIGHTS = "best_model.safetensors"
 
@@ -102,8 +103,10 @@ class RetrievalValidation:
             int(knn_k),
         )
         self.calls, self.history, self.best_key = 0, [], (-np.inf, -np.inf)
+        # under DDP every rank validates (the records stay equal); rank 0 alone writes files
+        self.is_main = distributed.world_from_env().rank == 0
         self.writer = None
-        if log_dir is not None:
+        if log_dir is not None and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(log_dir))
@@ -138,7 +141,8 @@ class RetrievalValidation:
         improved = key > self.best_key
         if improved:
             self.best_key = key
-            save_best(self.best_path, model, {"step": step, **metrics})
+            if self.is_main:
+                save_best(self.best_path, model, {"step": step, **metrics})
         self.history.append({"step": step, **metrics, "best": improved})
         if self.writer is not None:
             for name, value in metrics.items():

@@ -9,6 +9,7 @@ import pytest
 from ctlib.data import phantom
 from ctlib.io.volume import Volume
 from ctlib.studies.retrieval import dataset, preprocess
+from ctlib.studies.retrieval import labels as labels_mod
 from ctlib.studies.retrieval.sources import Case
 
 WINDOW = (-1000.0, 1000.0)
@@ -193,12 +194,12 @@ def test_write_split_is_atomic(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- preprocess
-def test_fit_vocabulary_keeps_labels_between_min_count_and_max_fraction():
+def test_vocabulary_keeps_labels_between_min_count_and_max_fraction():
     sets = [{"a", "b", "common"}, {"b", "common"}, {"c", "common"}, {"b", "common"}]
-    assert preprocess.fit_vocabulary(sets, min_count=2, max_fraction=0.95) == ["b"]
-    assert preprocess.fit_vocabulary(sets, min_count=1, max_fraction=1.0) == ["a", "b", "c", "common"]
-    assert preprocess.fit_vocabulary(sets, min_count=1, max_fraction=0.75) == ["a", "b", "c"]
-    assert preprocess.fit_vocabulary([], min_count=1) == []
+    assert labels_mod.vocabulary(sets, min_count=2, max_fraction=0.95) == ["b"]
+    assert labels_mod.vocabulary(sets, min_count=1, max_fraction=1.0) == ["a", "b", "c", "common"]
+    assert labels_mod.vocabulary(sets, min_count=1, max_fraction=0.75) == ["a", "b", "c"]
+    assert labels_mod.vocabulary([], min_count=1) == []
 
 
 def test_write_splits_on_phantom_cases(tmp_path):

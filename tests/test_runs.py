@@ -305,3 +305,19 @@ def test_upstream_run_dir_named_latest_or_fresh(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "consumer" / "upstream.json").read_text()) == {notebook.stem: fresh.name}
     with pytest.raises(FileNotFoundError):
         runs.upstream_run_dir(notebook, "20200101-000000_up_0000")
+
+
+def test_latest_run_filters_on_resolved_parameters(tmp_path, monkeypatch):
+    """``where`` keeps runs whose params.json has those values; a run without params.json never matches."""
+    monkeypatch.setenv(paths.RUNS_ENV_VAR, str(tmp_path))
+    for name, mode, started in [("a", "x", "T1"), ("b", "y", "T2"), ("c", "x", "T3"), ("d", None, "T4")]:
+        (tmp_path / name).mkdir()
+        record = run_record.RunRecord(name, "completed", notebook_stem="2026-01-01_01_toy",
+                                      started_utc=started)
+        record.to_file(tmp_path / name / "run.json")
+        if mode:
+            (tmp_path / name / "params.json").write_text(json.dumps({"parameters": {"mode": mode}}))
+    assert runs.latest_run("toy") == "d"
+    assert runs.latest_run("toy", where={"mode": "x"}) == "c"
+    assert runs.latest_run("toy", where={"mode": "y"}) == "b"
+    assert runs.latest_run("toy", where={"mode": "z"}) is None

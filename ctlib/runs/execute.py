@@ -307,16 +307,23 @@ def run_dir_of(run_id: str, *, require_completed: bool = True) -> Path:
     return paths.runs_dir() / run_id
 
 
-def latest_run(notebook_stem: str, status: str | None = "completed") -> str | None:
-    """Id of the most recently started run of a notebook (stem or short name); ``status=None`` for any."""
+def latest_run(
+    notebook_stem: str, status: str | None = "completed", where: dict[str, Any] | None = None
+) -> str | None:
+    """Id of the most recently started run of a notebook (stem or short name); ``status=None`` for any;
+    ``where``: only runs whose resolved parameters (``params.json``) have these values."""
     candidates = []
     for file in paths.runs_dir().glob(f"*/{RECORD_FILE}"):
         try:
             record = RunRecord.from_file(file)
+            stem = record.notebook_stem or ""
+            if notebook_stem not in (stem, short_name(stem)) or status and record.status != status:
+                continue
+            if where:
+                values = json.loads((file.parent / "params.json").read_text()).get("parameters", {})
+                if any(values.get(k) != v for k, v in where.items()):
+                    continue
         except (OSError, ValueError, TypeError):
-            continue
-        stem = record.notebook_stem or ""
-        if notebook_stem not in (stem, short_name(stem)) or status and record.status != status:
             continue
         candidates.append((record.started_utc or "", file.parent.name))
     return max(candidates)[1] if candidates else None

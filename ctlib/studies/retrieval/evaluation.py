@@ -34,11 +34,11 @@ def similarity_via_index(
         np.asarray(embeddings, np.float32), k, exclude_ids=ids if exclude_self else None
     )
     position = {name: j for j, name in enumerate(ids)}
+    columns = np.array([[position.get(name, -1) for name in row] for row in found], int).reshape(scores.shape)
+    rows = np.broadcast_to(np.arange(len(ids))[:, None], columns.shape)
+    returned = columns >= 0  # approximate kinds may return fewer than k (faiss pads with id -1)
     sim = np.full((len(ids), len(ids)), -np.inf)
-    for i in range(len(ids)):
-        for score, name in zip(scores[i], found[i], strict=True):
-            if name in position:
-                sim[i, position[name]] = score
+    sim[rows[returned], columns[returned]] = np.asarray(scores)[returned]
     if exclude_self:
         np.fill_diagonal(sim, np.inf)
     return sim

@@ -158,13 +158,14 @@ def finding_labels(values: Sequence[float], findings: Sequence[str]) -> set[str]
     }
 
 
-def vocabulary(label_sets: Iterable[set[str]], *, min_count: int = 1) -> list[str]:
-    """Sorted label names seen in at least ``min_count`` of the sets."""
+def vocabulary(label_sets: Sequence[set[str]], *, min_count: int = 1, max_fraction: float = 1.0) -> list[str]:
+    """Sorted label names seen in at least ``min_count`` and at most ``max_fraction`` of the sets."""
     counts: dict[str, int] = {}
     for labels in label_sets:
         for name in labels:
             counts[name] = counts.get(name, 0) + 1
-    return sorted(name for name, n in counts.items() if n >= min_count)
+    n = max(len(label_sets), 1)
+    return sorted(name for name, c in counts.items() if c >= min_count and c / n <= max_fraction)
 
 
 def label_matrix(label_sets: Sequence[set[str]], names: Sequence[str]) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Cases -> one split file per split: read, window to uint8 at the input shape, label vectors, manifest.
 
-The label vocabulary is fitted on the training split only: a label is kept when it appears in at least
-``min_count`` training cases and in at most ``max_fraction`` of them (a label every volume carries makes
-every pair relevant and says nothing). Labels outside the vocabulary are dropped from every split.
+The label vocabulary is fitted on the training split only (``labels.vocabulary``): a label is kept when it
+appears in at least ``min_count`` training cases and in at most ``max_fraction`` of them (a label every
+volume carries makes every pair relevant and says nothing). Labels outside the vocabulary are dropped from
+every split.
 """
 
 from __future__ import annotations
@@ -17,18 +18,6 @@ from ctlib.data import splits as splits_mod
 from ctlib.studies.retrieval import dataset
 from ctlib.studies.retrieval import labels as labels_mod
 from ctlib.studies.retrieval.sources import SPLITS, Case
-
-
-def fit_vocabulary(
-    train_label_sets: Sequence[set[str]], *, min_count: int = 2, max_fraction: float = 0.95
-) -> list[str]:
-    """Sorted labels of ``min_count`` to ``max_fraction * len`` training cases."""
-    n = max(len(train_label_sets), 1)
-    counts: dict[str, int] = {}
-    for labels in train_label_sets:
-        for name in labels:
-            counts[name] = counts.get(name, 0) + 1
-    return sorted(name for name, c in counts.items() if c >= min_count and c / n <= max_fraction)
 
 
 def write_splits(
@@ -52,7 +41,7 @@ def write_splits(
     if missing:
         raise ValueError(f"patients without a split: {missing[:5]}")
     train_sets = [c.labels for c in cases if split_of_patient[c.patient_id] == "train"]
-    names = fit_vocabulary(train_sets, min_count=min_count, max_fraction=max_fraction)
+    names = labels_mod.vocabulary(train_sets, min_count=min_count, max_fraction=max_fraction)
     if not names:
         raise ValueError(
             "no label survives the vocabulary filter (min_count / max_fraction): nothing to retrieve"

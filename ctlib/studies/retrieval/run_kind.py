@@ -87,18 +87,6 @@ TRAIN_NOTEBOOK = "notebooks/retrieval/2026-12-04_02_retrieval_train.ipynb"
 
 def newest_run_of_mode(mode: str) -> str | None:
     """Id of the newest completed training run whose ``mode`` parameter is ``mode`` (``None`` if none)."""
-    import json
+    from ctlib import runs
 
-    from ctlib import paths, runs
-
-    candidates = []
-    for record_file in paths.runs_dir().glob("*/run.json"):
-        try:
-            record = runs.RunRecord.from_file(record_file)
-            parameters = json.loads((record_file.parent / "params.json").read_text()).get("parameters", {})
-        except (OSError, ValueError, TypeError):
-            continue
-        if record.status == "completed" and record.notebook_stem == Path(TRAIN_NOTEBOOK).stem and \
-                parameters.get("mode") == mode:  # fmt: skip
-            candidates.append((record.started_utc or "", record_file.parent.name))
-    return max(candidates)[1] if candidates else None
+    return runs.latest_run(Path(TRAIN_NOTEBOOK).stem, where={"mode": mode})

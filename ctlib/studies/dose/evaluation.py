@@ -77,6 +77,7 @@ class DoseModelBundle:
     sample_steps: int = 20
     sample_eta: float = 0.0
     seed: int = 0
+    tta: bool = False  # mirror test-time augmentation (inference.predict_patient's mirror_tta)
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -103,7 +104,8 @@ class DoseModelBundle:
         """Whole-patient dose ``(D, H, W)`` in Gy, with the checkpoint's input normalization."""
         return inference.predict_patient(
             self.predictor(), patient, window=self.run.window, sdf_clip_mm=self.run.sdf_clip_mm,
-            include_pdm=self.run.include_pdm, **self.window_options,
+            include_pdm=self.run.include_pdm, mirror_tta=self.tta,
+            resolution_factor=int(self.model_config.get("resolution_factor", 1)), **self.window_options,
         )
 
 
@@ -119,6 +121,7 @@ def load_dose_run(
     sample_steps: int | None = None,
     sample_eta: float | None = None,
     seed: int = 0,
+    tta: bool = False,
 ) -> DoseModelBundle:
     """The model of a training run (notebook 02): ``<run_dir>/checkpoints/dose_model.pt`` in eval mode.
 
@@ -150,6 +153,7 @@ def load_dose_run(
         sample_steps=int(trained.get("sample_steps", 20) if sample_steps is None else sample_steps),
         sample_eta=float(trained.get("sample_eta", 0.0) if sample_eta is None else sample_eta),
         seed=int(seed),
+        tta=bool(tta),
     )
 
 

@@ -20,7 +20,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from ctlib.data import windows
-from ctlib.studies.dose import datasets
+from ctlib.studies.dose import augment, coarse, datasets
 from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient
 
 BlendMode = Literal["gaussian", "constant"]
@@ -110,14 +110,32 @@ def predict_patient(
     window: str | windows.HUWindow = "full",
     sdf_clip_mm: float = SDF_CLIP_MM,
     include_pdm: bool = True,
+    resolution_factor: int = 1,
+    mirror_tta: bool = False,
     **options: object,
 ) -> np.ndarray:
     """Predicted dose ``(D, H, W)`` float32 in Gy for one ``DosePatient`` (``options`` go to
     ``predict_dose``).
 
-    ``window``, ``sdf_clip_mm`` and ``include_pdm`` must be those the model was trained with (they are
-    in its checkpoint's normalization record).
+    ``window``, ``sdf_clip_mm``, ``include_pdm`` and ``resolution_factor`` must be those the model was
+    trained with (its checkpoint's normalization record and model config). With ``resolution_factor`` f > 1
+    the inputs are average-pooled by f, predicted on the coarse grid and brought back by normalized
+    trilinear upsampling (``ctlib.studies.dose.coarse``). ``mirror_tta``: test-time augmentation, the mean
+    of the prediction and the un-mirrored prediction of the left-right mirrored patient
+    (``ctlib.studies.dose.augment.mirror_inputs``; Left / Right structures swapped).
     """
     batch = datasets.patient_tensors(patient, window=window, sdf_clip_mm=sdf_clip_mm, include_pdm=include_pdm)
-    dose = predict_dose(model, batch["inputs"], batch["constraints"], batch["pdm"], **options)  # type: ignore[arg-type]
+    inputs, constraints, pdm = batch["inputs"], batch["constraints"], batch["pdm"]
+    factor = int(resolution_factor)
+    if factor > 1:
+        inputs = coarse.pool_inputs(inputs, factor, include_pdm=include_pdm)
+        coarse_pdm = coarse.pool_dose(torch.zeros(pdm.shape), pdm, factor)[1]
+    dose = predict_dose(model, inputs, constraints, None, **options)  # type: ignore[arg-type]
+    if mirror_tta:
+        names = [str(n) for n in patient.roi_names], [str(n) for n in patient.constraint_names]
+        mirrored = augment.mirror_inputs(inputs, constraints, *names)
+        dose = 0.5 * (dose + predict_dose(model, *mirrored, None, **options).flip(-1))  # type: ignore[arg-type]
+    if factor > 1:
+        dose = coarse.upsample_dose(dose, coarse_pdm, patient.shape, factor)
+    dose = dose * pdm.to(dose.dtype)
     return dose[0, 0].cpu().numpy().astype(np.float32)

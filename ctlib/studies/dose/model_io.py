@@ -35,15 +35,19 @@ def unet_model_config(
     loss: str,
     loss_options: dict[str, Any],
     roi_names: Sequence[str] = ROI_NAMES,
+    resolution_factor: int = 1,
 ) -> dict[str, Any]:
-    """The recorded config of a U-Net trained with loss ``loss``
-    (only the options that loss takes are kept)."""
+    """The recorded config of a U-Net trained with loss ``loss`` (only the options that loss takes are
+    kept) on inputs pooled by ``resolution_factor`` (``ctlib.studies.dose.coarse``; 1: the CT grid)."""
+    if int(resolution_factor) < 1:
+        raise ValueError(f"resolution_factor must be >= 1, got {resolution_factor}")
     return {
         "kind": "unet",
         "net": config.to_dict(),
         "loss": loss,
         "loss_options": losses.select_options(loss, loss_options),
         "roi_names": [str(n) for n in roi_names],
+        "resolution_factor": int(resolution_factor),
     }
 
 

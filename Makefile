@@ -16,7 +16,7 @@ ATEN_CPU_CAPABILITY ?= avx2
 ONEDNN_MAX_CPU_ISA ?= AVX2
 export ATEN_CPU_CAPABILITY ONEDNN_MAX_CPU_ISA
 
-.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium mutation gpu-campaign
+.PHONY: venv demo lab test unit nbval bench index golden lint clean chromium mutation gpu-campaign dicompyler-example
 
 venv: $(VENV)/.installed
 
@@ -44,17 +44,36 @@ chromium:
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
+## dicompyler-example: a real DICOM-RT export (one CT slice, RTSTRUCT of breast ROIs, RTPLAN, RTDOSE) from the
+## BSD-licensed dicompyler-core 0.5.6 source distribution on the package index, into cache/dicompyler_example
+## (tests/test_dose_dicom_rt_clinical.py; elsewhere: $CTLIB_DICOMPYLER_EXAMPLE). Does nothing once it is there.
+DICOMPYLER_SDIST  := dicompyler-core-0.5.6.tar.gz
+DICOMPYLER_SHA256 := 0e3c05920a8fa3f1c0ff05a5c21dab3ff3f735e00012b69b38926b219d07faee
+DICOMPYLER_DIR    := cache/dicompyler_example
+dicompyler-example: $(DICOMPYLER_DIR)/rtdose.dcm
+
+$(DICOMPYLER_DIR)/rtdose.dcm: | venv
+	rm -rf $(DICOMPYLER_DIR).tmp && mkdir -p $(DICOMPYLER_DIR).tmp
+	$(PY) -m pip download -q --no-deps --no-binary :all: dicompyler-core==0.5.6 -d $(DICOMPYLER_DIR).tmp
+	$(PY) -c "import hashlib, sys; h = hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest(); \
+		sys.exit(0 if h == sys.argv[2] else f'{sys.argv[1]}: sha256 {h}, expected {sys.argv[2]}')" \
+		$(DICOMPYLER_DIR).tmp/$(DICOMPYLER_SDIST) $(DICOMPYLER_SHA256)
+	tar -xzf $(DICOMPYLER_DIR).tmp/$(DICOMPYLER_SDIST) -C $(DICOMPYLER_DIR).tmp --strip-components=4 \
+		dicompyler-core-0.5.6/tests/testdata/example_data
+	rm $(DICOMPYLER_DIR).tmp/$(DICOMPYLER_SDIST)
+	rm -rf $(DICOMPYLER_DIR) && mv $(DICOMPYLER_DIR).tmp $(DICOMPYLER_DIR)
+
 # nbval options. The session first builds every upstream default run once (conftest.py), so no cell starts
 # a chain; the cell limit only stops a hung kernel: the slowest cell took 52 s on 2 cores at load 8.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 3600
 
 ## test: unit tests (real-data tests read $CTLIB_DATA_DIR) and nbval over every committed notebook
-test: venv chromium
+test: venv chromium dicompyler-example
 	$(VENV)/bin/lint-imports
 	$(PY) -m ruff check ctlib tests bench conftest.py
 	CTLIB_RUNS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks $(NBVAL) -p no:cacheprovider
 
-unit: venv
+unit: venv dicompyler-example
 	$(PY) -m pytest tests -p no:cacheprovider
 
 nbval: venv

@@ -57,6 +57,7 @@ def read_dicom_series(
     spacing_tolerance: float = 0.01,
     *,
     workers: int | None = None,
+    allow_single_slice: bool = False,
 ) -> Volume:
     """Read one DICOM series into a ``Volume`` (z, y, x) float32 HU, sorted along the slice normal.
 
@@ -69,7 +70,8 @@ def read_dicom_series(
     median step (dz is then the mean step). Compressed transfer syntaxes are decoded by pydicom's
     handlers (pylibjpeg/openjpeg); the openjpeg decoder holds the GIL, so a series of compressed
     slices is decoded by ``workers`` forked processes (default: one per CPU, at most 4; 1 = in this
-    process).
+    process). A series of one slice is refused unless ``allow_single_slice``: it is then a ``(1, H, W)``
+    volume whose dz is SpacingBetweenSlices, else SliceThickness (refused when it has neither).
     """
     if isinstance(folder_or_files, (str, os.PathLike)):
         paths, source = _collect_paths(folder_or_files)
@@ -98,9 +100,10 @@ def read_dicom_series(
     dicom_checks.check_consistent(items)
     for path, ds in items:  # before the volume is allocated from Rows x Columns
         dicom_checks.check_pixel_data(path, ds)
-    if len(items) < 2:
+    if len(items) < 2 and not allow_single_slice:
         raise CTInputError(
-            first_path, "single-slice series: at least 2 slices are needed to determine the slice spacing dz"
+            first_path, "single-slice series: at least 2 slices are needed to determine the slice spacing dz "
+            "(allow_single_slice=True reads it with dz from SpacingBetweenSlices or SliceThickness)"
         )
 
     row, col, normal = dicom_checks.orientation(first_path, first)
@@ -109,8 +112,11 @@ def read_dicom_series(
     order = np.argsort(along, kind="stable")
     items = [items[i] for i in order]
     positions, along = positions[order], along[order]
-    dz = dicom_checks.check_spacing([p for p, _ in items], along, spacing_tolerance)
-    dicom_checks.check_tilt([p for p, _ in items], positions, normal)
+    if len(items) == 1:
+        dz = _single_slice_dz(first_path, first)
+    else:
+        dz = dicom_checks.check_spacing([p for p, _ in items], along, spacing_tolerance)
+        dicom_checks.check_tilt([p for p, _ in items], positions, normal)
 
     rows, cols = int(first.Rows), int(first.Columns)
     dy, dx = dicom_checks.floats(first_path, first, "PixelSpacing", 2)
@@ -145,6 +151,22 @@ def read_dicom_series(
             "patient_position": str(first.get("PatientPosition", "")) or None,  # e.g. HFS, FFS
             "skipped_files": skipped,
         },
+    )
+
+
+def _single_slice_dz(path: Path, ds: Dataset) -> float:
+    """dz of a one-slice series: SpacingBetweenSlices, else SliceThickness (positive mm), else a refusal."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = ds.get(keyword)
+        try:
+            dz = float(value) if value not in (None, "") else float("nan")
+        except (TypeError, ValueError):
+            dz = float("nan")
+        if np.isfinite(dz) and dz > 0:
+            return dz
+    raise CTInputError(
+        path, "single-slice series without a positive SliceThickness or SpacingBetweenSlices: "
+        "its slice spacing dz is unknown"
     )
 
 

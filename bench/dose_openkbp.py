@@ -20,7 +20,12 @@ test set.
 
     python bench/dose_openkbp.py --train-runs <run id> [<run id> ...] [--split test] [--threads 0]
         [--diffusion-max-patients 0] [--sample-steps 0] [--gamma-max-patients 0]
-        [--out bench/results/dose_openkbp.json]
+        [--tta] [--ensemble] [--snapshots N] [--merge] [--out bench/results/dose_openkbp.json]
+
+``--tta`` adds each run with mirror test-time augmentation (the mean of the prediction and the un-mirrored
+prediction of the left-right mirrored patient, Left / Right structures swapped); ``--snapshots N`` each run's
+checkpoint ensemble (the mean of its last N kept checkpoints, ``<run>/snapshots/``); ``--ensemble`` the mean
+of all runs given (e.g. seeds). Every entry names its ``evaluation`` ("plain", "mirror TTA", ...).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ctlib import atomic, paths, provenance, runs  # noqa: E402
-from ctlib.studies.dose import evaluation  # noqa: E402
+from ctlib.studies.dose import ensemble, evaluation  # noqa: E402
 from ctlib.studies.dose.patient_file import list_dose_patients  # noqa: E402
 from ctlib.train import distributed  # noqa: E402
 
@@ -59,9 +64,17 @@ BUDGET_KEYS = (
     "sw_overlap",
     "max_train_patients",
     "seed",
+    "train_on",
+    "resolution_factor",
+    "mirror_probability",
+    "max_rotation_deg",
+    "max_shift_voxels",
+    "warmup_steps",
+    "max_minutes",
+    "threads",
 )
 KIND_KEYS = {
-    "unet": ("loss", "channels", "film_hidden"),
+    "unet": ("loss", "ptv_weight", "oar_weight", "channels", "film_hidden"),
     "diffusion": (
         "diffusion_channels",
         "diffusion_attention",
@@ -100,10 +113,30 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
     bundle = evaluation.load_dose_run(
         runs.run_dir_of(run_id), device=device, sample_steps=args.sample_steps or None
     )
-    patients = list_dose_patients(runs.run_dir_of(bundle.preprocess_run_id), args.split)
+    return evaluate_bundle(bundle, run_id, "plain", args, device)
+
+
+def snapshot_members(run_id: str, count: int, device: torch.device, tta: bool) -> list:
+    """The last ``count`` checkpoints of a run kept in ``<run>/snapshots/`` (a checkpoint ensemble), newest
+    last; the final checkpoint is the newest member."""
+    run_dir = runs.run_dir_of(run_id)
+    snapshots = sorted((run_dir / "snapshots").glob("*.pt"))
+    final = evaluation.load_dose_run(run_dir, device=device, tta=tta)
+    members = [evaluation.load_dose_run(run_dir, device=device, tta=tta, checkpoint=p) for p in snapshots]
+    members = [m for m in members if m.run.step != final.run.step][-(count - 1):] if count > 1 else []
+    if len(members) < count - 1:
+        raise SystemExit(f"{run_id}: {len(members) + 1} checkpoints kept, {count} asked for")
+    return [*members, final]
+
+
+def evaluate_bundle(bundle, run_id: str, evaluation_kind: str, args: argparse.Namespace,
+                    device: torch.device) -> tuple[dict, pd.DataFrame]:
+    """Scores of one model (a run's bundle, with or without TTA, or an ensemble) on the split."""
+    first = bundle.members[-1] if isinstance(bundle, ensemble.DoseEnsemble) else bundle
+    patients = list_dose_patients(runs.run_dir_of(first.preprocess_run_id), args.split)
     if not patients:
         raise SystemExit(
-            f"{run_id}: no {args.split!r} patients in preprocessing run {bundle.preprocess_run_id}"
+            f"{run_id}: no {args.split!r} patients in preprocessing run {first.preprocess_run_id}"
         )
     available = len(patients)
     if bundle.model_kind == "diffusion" and args.diffusion_max_patients:
@@ -132,7 +165,8 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
     result = {
         "variant": bundle.variant,
         "train_run_id": run_id,
-        "preprocess_run_id": bundle.preprocess_run_id,
+        "evaluation": evaluation_kind,
+        "preprocess_run_id": first.preprocess_run_id,
         "patients": int(summary["patients"]),
         "patients_available": available,
         "dose_score_gy": float(summary["dose_score_gy"]),
@@ -148,10 +182,14 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
         "evaluation_device": str(device),
         "mean_predict_s": float(scores["predict_s"].mean()),
         "mean_gamma_s": float(scores["gamma_s"].mean()),
-        "inference": {**{k: v for k, v in bundle.window_options.items() if k != "sw_device"},
-                      **({"sample_steps": bundle.sample_steps, "sample_eta": bundle.sample_eta, "ema": True,
-                          "seed": bundle.seed} if bundle.model_kind == "diffusion" else {})},
-        "training_budget": training_budget(run_id, bundle),
+        "inference": {**{k: v for k, v in first.window_options.items() if k != "sw_device"},
+                      "resolution_factor": int(first.model_config.get("resolution_factor", 1)),
+                      "mirror_tta": bool(first.tta),
+                      **({"ensemble_members": [f"{m.run_id} step {m.run.step}" for m in bundle.members]}
+                         if isinstance(bundle, ensemble.DoseEnsemble) else {}),
+                      **({"sample_steps": first.sample_steps, "sample_eta": first.sample_eta, "ema": True,
+                          "seed": first.seed} if first.model_kind == "diffusion" else {})},
+        "training_budget": training_budget(first.run_id, first),
     }
     return result, scores
 
@@ -160,13 +198,14 @@ def merged(old: dict, variants: list[dict], per_patient: list[dict]) -> tuple[li
     """The variants and per-patient rows of an earlier report ``old`` whose training runs were not evaluated
     again, followed by the new ones (each variant keeps its own ``evaluated_utc`` and
     ``evaluation_device``)."""
-    fresh = {v["train_run_id"] for v in variants}
-    kept = [v for v in old["variants"] if v["train_run_id"] not in fresh]
+    key = lambda v: (v["train_run_id"], v.get("evaluation", "plain"))  # noqa: E731
+    fresh = {key(v) for v in variants}
+    kept = [v for v in old["variants"] if key(v) not in fresh]
     for variant in kept:
         variant.setdefault("evaluated_utc", old.get("date"))
         variant.setdefault("evaluation_device", old.get("evaluation_device"))
-    kept_ids = {v["train_run_id"] for v in kept}
-    rows = [r for r in old["per_patient"] if r.get("train_run_id") in kept_ids]
+    kept_ids = {key(v) for v in kept}
+    rows = [r for r in old["per_patient"] if key(r) in kept_ids]
     return kept + variants, rows + per_patient
 
 
@@ -188,6 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help='"auto": CUDA if available, else CPU')
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=paths.repo_root() / "bench/results/dose_openkbp.json")
+    parser.add_argument("--tta", action="store_true",
+                        help="also score every run with mirror test-time augmentation")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also score the mean of the runs given (with mirror TTA too when --tta)")
+    parser.add_argument("--snapshots", type=int, default=0, metavar="N",
+                        help="also score each run's checkpoint ensemble: its last N kept checkpoints")
     parser.add_argument("--merge", action="store_true",
                         help="keep the variants already in --out whose training runs are not evaluated again")
     args = parser.parse_args(argv)
@@ -196,12 +241,32 @@ def main(argv: list[str] | None = None) -> dict:
     device = distributed.resolve_device(args.device, distributed.world_from_env())
 
     variants, per_patient = [], []
+
+    def record_result(result: dict, scores: pd.DataFrame) -> None:
+        variants.append(result)
+        tagged = scores.assign(train_run_id=result["train_run_id"], evaluation=result["evaluation"])
+        per_patient.append(tagged[["train_run_id", "evaluation", "variant", "patient", "dose_score_gy",
+                                   "dvh_score_gy", "gamma_pass_percent"]])
+
     for run_id in args.train_runs:
         print(f"{run_id}:", flush=True)
-        result, scores = evaluate_run(run_id, args, device)
-        variants.append(result)
-        per_patient.append(scores.assign(train_run_id=run_id)[
-            ["train_run_id", "variant", "patient", "dose_score_gy", "dvh_score_gy", "gamma_pass_percent"]])
+        record_result(*evaluate_run(run_id, args, device))
+        if args.tta:
+            bundle = evaluation.load_dose_run(runs.run_dir_of(run_id), device=device, tta=True)
+            bundle.variant += " + mirror TTA"
+            record_result(*evaluate_bundle(bundle, run_id, "mirror TTA", args, device))
+        for tta in ([False, True] if args.tta else [False]) if args.snapshots > 1 else []:
+            members = snapshot_members(run_id, args.snapshots, device, tta)
+            label = f"checkpoint ensemble of {args.snapshots}" + (" + mirror TTA" if tta else "")
+            combined = ensemble.DoseEnsemble(members, variant=f"{members[-1].variant}, {label}")
+            record_result(*evaluate_bundle(combined, run_id, label, args, device))
+    if args.ensemble and len(args.train_runs) > 1:
+        for tta in [False, True] if args.tta else [False]:
+            members = [evaluation.load_dose_run(runs.run_dir_of(r), device=device, tta=tta)
+                       for r in args.train_runs]
+            label = f"seed ensemble of {len(members)}" + (" + mirror TTA" if tta else "")
+            combined = ensemble.DoseEnsemble(members, variant=f"{members[0].variant}, {label}")
+            record_result(*evaluate_bundle(combined, "+".join(args.train_runs), label, args, device))
     # NaN -> null
     per_patient = json.loads(pd.concat(per_patient, ignore_index=True).to_json(orient="records"))
     if args.merge and args.out.exists():

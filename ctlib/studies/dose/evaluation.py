@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ctlib.metrics import dose_scores, gamma
+from ctlib.runs import record
 from ctlib.studies.dose import features, inference, model_io, run_kind
 from ctlib.studies.dose.patient_file import DosePatient, load_dose_patient
 
@@ -122,20 +123,25 @@ def load_dose_run(
     sample_eta: float | None = None,
     seed: int = 0,
     tta: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> DoseModelBundle:
-    """The model of a training run (notebook 02): ``<run_dir>/checkpoints/dose_model.pt`` in eval mode.
+    """The model of a training run (notebook 02): ``<run_dir>/checkpoints/dose_model.pt`` (or ``checkpoint``,
+    e.g. a snapshot of that run) in eval mode; ``tta``: mirror test-time augmentation.
 
     Sliding-window and sampling options left ``None`` are those the run validated with (its ``sw_roi``,
     ``sw_overlap``, ``sw_blend``, ``sample_steps``, ``sample_eta``), else the checkpoint's patch size.
     """
     run_dir = Path(run_dir)
-    path = run_kind.DoseRun.checkpoint_file(run_dir)
+    path = Path(checkpoint) if checkpoint is not None else run_kind.DoseRun.checkpoint_file(run_dir)
     if not path.is_file():
         raise FileNotFoundError(
             f"{run_dir.name}: no dose checkpoint {path} (is it a run of the dose training notebook?)"
         )
-    run = run_kind.DoseRun.load(run_dir, map_location=device, use_ema=use_ema)
-    trained = run.parameters
+    run = run_kind.DoseRun.load(path if checkpoint is not None else run_dir, map_location=device,
+                                use_ema=use_ema)
+    params_file = run_dir / "params.json"  # a checkpoint kept elsewhere in the run folder (a snapshot)
+    trained = run.parameters or (record.read_json_object(params_file).get("parameters", {})
+                                 if params_file.is_file() else {})
     roi = roi_size or trained.get("sw_roi") or run.patch_size
     options = {
         "roi_size": [int(r) for r in roi],

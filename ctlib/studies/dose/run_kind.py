@@ -54,7 +54,10 @@ class DoseRun(run_checkpoint.RunKind):
     @property
     def variant(self) -> str:
         """The loss name of a U-Net, ``"diffusion"`` for the diffusion model."""
-        return "diffusion" if self.kind == "diffusion" else str(self.model_config["loss"])
+        if self.kind == "diffusion":
+            return "diffusion"
+        factor = int(self.model_config.get("resolution_factor", 1))
+        return str(self.model_config["loss"]) + (f", whole patient /{factor}" if factor > 1 else "")
 
     @classmethod
     def load(

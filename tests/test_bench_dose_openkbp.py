@@ -45,7 +45,7 @@ def test_merge_tells_evaluations_of_one_run_apart():
         "date": "d", "evaluation_device": "cpu",
         "variants": [{"train_run_id": "a", "evaluation": "plain", "dose_score_gy": 5.0},
                      {"train_run_id": "a", "evaluation": "mirror TTA", "dose_score_gy": 4.8},
-                     {"train_run_id": "z", "dose_score_gy": 9.0}],  # an entry from before "evaluation" existed
+                     {"train_run_id": "z", "dose_score_gy": 9.0}],  # from before "evaluation" existed
         "per_patient": [{"train_run_id": "a", "evaluation": "plain", "patient": "pt_1"},
                         {"train_run_id": "a", "evaluation": "mirror TTA", "patient": "pt_1"},
                         {"train_run_id": "z", "patient": "pt_1"}],

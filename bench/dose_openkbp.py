@@ -18,8 +18,8 @@ size, parameter set and options (``params.json``), wall time (``run.json`` ``dur
 OpenKBP anchors (winner 2.43 / 1.48 Gy, plain 3D U-Net 2.77 / 2.20 Gy) are on the challenge's full 100-patient
 test set.
 
-    python bench/dose_openkbp.py --train-runs <run id> [<run id> ...] [--split test] [--threads 0]
-        [--diffusion-max-patients 0] [--sample-steps 0] [--gamma-max-patients 0]
+    python bench/dose_openkbp.py [--train-runs <run id> ...] [--releases NAME ...] [--split test]
+        [--threads 0] [--diffusion-max-patients 0] [--sample-steps 0] [--gamma-max-patients 0]
         [--tta] [--ensemble] [--snapshots N] [--merge] [--out bench/results/dose_openkbp.json]
 
 ``--tta`` adds each run with mirror test-time augmentation (the mean of the prediction and the un-mirrored
@@ -46,7 +46,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ctlib import atomic, paths, provenance, runs  # noqa: E402
-from ctlib.studies.dose import ensemble, evaluation  # noqa: E402
+from ctlib.studies.dose import ensemble, evaluation, release_model  # noqa: E402
 from ctlib.studies.dose.patient_file import list_dose_patients  # noqa: E402
 from ctlib.train import distributed  # noqa: E402
 
@@ -189,7 +189,8 @@ def evaluate_bundle(bundle, run_id: str, evaluation_kind: str, args: argparse.Na
                          if isinstance(bundle, ensemble.DoseEnsemble) else {}),
                       **({"sample_steps": first.sample_steps, "sample_eta": first.sample_eta, "ema": True,
                           "seed": first.seed} if first.model_kind == "diffusion" else {})},
-        "training_budget": training_budget(first.run_id, first),
+        "training_budget": (training_budget(first.run_id, first) if (paths.runs_dir() / first.run_id).is_dir()
+                            else {"note": "the training run is not on this machine (a released model)"}),
     }
     return result, scores
 
@@ -214,8 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--train-runs", nargs="+", required=True, help="run ids of notebook 02 (one per variant)"
+        "--train-runs", nargs="*", default=[], help="run ids of notebook 02 (one per variant)"
     )
+    parser.add_argument("--releases", nargs="*", default=None, metavar="NAME",
+                        help="releases (weights/<NAME>) to score; default: dose_unet when no run is given")
     parser.add_argument("--split", default="test")
     parser.add_argument("--diffusion-max-patients", type=int, default=0, help="0: every patient")
     parser.add_argument(
@@ -260,6 +263,14 @@ def main(argv: list[str] | None = None) -> dict:
             label = f"checkpoint ensemble of {args.snapshots}" + (" + mirror TTA" if tta else "")
             combined = ensemble.DoseEnsemble(members, variant=f"{members[-1].variant}, {label}")
             record_result(*evaluate_bundle(combined, run_id, label, args, device))
+    for name in args.releases if args.releases is not None else ([] if args.train_runs else ["dose_unet"]):
+        released = release_model.open_dose_release(name, device=device)
+        bundle = released.model
+        bundle.variant = f"release {name}"
+        result, scores = evaluate_bundle(bundle, f"release:{name}", "release", args, device)
+        result["release"] = {"name": name, "sha256": released.sha256,
+                             "training_runs": [m.run_id for m in getattr(bundle, "members", [bundle])]}
+        record_result(result, scores)
     if args.ensemble and len(args.train_runs) > 1:
         for tta in [False, True] if args.tta else [False]:
             members = [evaluation.load_dose_run(runs.run_dir_of(r), device=device, tta=tta)

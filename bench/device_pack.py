@@ -30,6 +30,13 @@ XRAY2CT_BUDGET_MIB: the tree (49.8 MiB on 2026-12-04) and the slim wheels (6.3 M
 then); rebuild it (``--subset xray2ct --only data``, 30 s) when the tree has grown. The slice-interpolation
 subset above (33 MiB) no longer fits beside a tree of that size.
 
+``--subset dose`` builds the data of bench/dose_gpu_campaign.py (bench/dose_subset.py: the shared OpenKBP
+patients cropped to what is not zero, CT int16, dose in centi-Gy, structures and possible-dose mask as one
+uint16 bitfield, LZMA) in ``.campaign_data/openkbp_pack/``, with ``--slim-wheels``; ``--dose-patients
+train=N validation=N test=N`` packs the lowest ids of each split (default all 140: 50 MiB), ``--dose-fit``
+instead fills the room the tree and the wheels leave in DOSE_BUDGET_MIB. On 2026-12-04 the tree (59.1 MiB)
+and the slim wheels (6.3 MiB) alone took more than the 64 MiB that travel: no patient fits.
+
 Device (nvidia-h200), ``carry`` [".whl", ".campaign_data"]; the campaign runs in two calls because one
 command runs at most 10 minutes, the second one within the 30 s the machine stays warm (runs and
 /tmp/site are still there)::
@@ -71,7 +78,8 @@ REPO = Path(__file__).resolve().parent.parent
 WHEELS, DATA = REPO / ".whl", REPO / ".campaign_data"
 BUDGET_MIB = 60.0  # the device takes 64 MiB; the rest is margin for files added meanwhile
 XRAY2CT_BUDGET_MIB = 63.0  # --subset xray2ct fills its data up to this (1 MiB margin: --check before a call)
-SUBSETS = ("slice_interp", "xray2ct")
+DOSE_BUDGET_MIB = 63.0  # --subset dose --dose-fit fills its pack up to this (1 MiB margin, as xray2ct)
+SUBSETS = ("slice_interp", "xray2ct", "dose")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 DEVICE_ENV = {  # PEP 508 environment of the device's python3 (3.12.3, KINDS.md)
     "python_version": "3.12", "python_full_version": "3.12.3", "implementation_version": "3.12.3",
@@ -411,6 +419,8 @@ def subset_in(folder: Path) -> str | None:
     marker = folder / "SUBSET.md"
     if not marker.is_file():
         return None
+    if marker.read_text().startswith("# dose"):
+        return "dose"
     return "xray2ct" if marker.read_text().startswith("# xray2ct") else "slice_interp"
 
 
@@ -424,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the data for bench/gpu_campaign.py (default) or bench/xray2ct_gpu_campaign.py "
                         f"(bench/xray2ct_subset.py, filled up to {XRAY2CT_BUDGET_MIB:g} MiB; implies "
                         "--slim-wheels)")
+    parser.add_argument("--dose-patients", nargs="*", default=[], metavar="SPLIT=N",
+                        help="--subset dose: lowest-id patients per split (default all 140)")
+    parser.add_argument("--dose-fit", action="store_true",
+                        help=f"--subset dose: patients while the pack fits beside the tree and the wheels in "
+                        f"{DOSE_BUDGET_MIB:g} MiB (one of each split, then train : test = 2 : 1)")
+    parser.add_argument("--dose-step-mgy", type=int, default=10, help="--subset dose: dose step (1: exact)")
     parser.add_argument("--slim-wheels", action="store_true",
                         help="drop the test data SLIM names from the wheels")
     parser.add_argument("--pins-from", type=Path, default=REPO / ".venv/bin/python",
@@ -433,10 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source or paths.data_dir(required=False)
     xray2ct = args.subset == "xray2ct"
     limit_mib = XRAY2CT_BUDGET_MIB if xray2ct else BUDGET_MIB
+    dose = args.subset == "dose"
+    limit_mib = DOSE_BUDGET_MIB if dose else limit_mib
     if not args.check and args.only in (None, "wheels"):
         for note in build_wheels(WHEELS, pins_of(args.pins_from)):
             print(f"device_pack: {note}")
-    if not args.check and args.only in (None, "wheels") and (args.slim_wheels or xray2ct):
+    if not args.check and args.only in (None, "wheels") and (args.slim_wheels or xray2ct or dose):
         for note in slim_wheels(WHEELS):
             print(f"device_pack: {note}")
     if not args.check and args.only in (None, "data"):
@@ -449,11 +467,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"device_pack: {room / 2**20:.2f} MiB left for {DATA.name} by the tree and {WHEELS.name}")
             for line in xray2ct_subset.build(source, DATA, room):
                 print(f"device_pack: {line}")
+        elif dose:
+            import dose_subset  # bench/dose_subset.py, beside this file
+
+            room = int(limit_mib * 2**20) - tree_bytes(REPO) - folder_bytes(WHEELS)
+            print(f"device_pack: {room / 2**20:.2f} MiB left for {DATA.name} by the tree and {WHEELS.name}")
+            per_split = {k: int(v) for k, v in (item.split("=", 1) for item in args.dose_patients)} or None
+            for line in dose_subset.build(source, DATA, per_split, args.dose_step_mgy,
+                                          room if args.dose_fit else None):
+                print(f"device_pack: {line}")
         else:
             build_data(source, DATA)
     problems = check_wheels(WHEELS) if WHEELS.is_dir() else [f"{WHEELS.name}: missing"]
     if DATA.is_dir() and subset_in(DATA) != args.subset:
         problems.append(f"{DATA.name} holds the {subset_in(DATA)} subset, not {args.subset}: build it")
+    elif DATA.is_dir() and dose:
+        import dose_subset
+
+        problems += dose_subset.check(DATA, source)
+        print(f"device_pack: patients in {DATA.name}: {dose_subset.counts(DATA)}")
     elif DATA.is_dir() and xray2ct:
         import xray2ct_subset
 
@@ -474,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
                           DATA.name: folder_bytes(DATA)}, limit_mib)
     print("\n".join(lines))
     problems += [] if fits else [f"over the {limit_mib:g} MiB budget"]
+    if dose and not fits:
+        travel = tree_bytes(REPO) + folder_bytes(WHEELS) + folder_bytes(DATA)
+        print(f"device_pack: shortfall {(travel - 64 * 2**20) / 2**20:.2f} MiB over the 64 MiB that travel "
+              f"({(travel - limit_mib * 2**20) / 2**20:.2f} MiB over the {limit_mib:g} MiB budget)")
     for problem in problems:
         print(f"device_pack: PROBLEM: {problem}")
     return 1 if problems else 0

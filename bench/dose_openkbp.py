@@ -24,7 +24,8 @@ test set.
 
 ``--tta`` adds each run with mirror test-time augmentation (the mean of the prediction and the un-mirrored
 prediction of the left-right mirrored patient, Left / Right structures swapped); ``--snapshots N`` each run's
-checkpoint ensemble (the mean of its last N kept checkpoints, ``<run>/snapshots/``); ``--ensemble`` the mean
+checkpoint ensemble (the mean of its final checkpoint and N - 1 earlier ones kept in ``<run>/snapshots/``, at
+least ``--snapshot-gap`` steps apart); ``--ensemble`` the mean
 of all runs given (e.g. seeds). Every entry names its ``evaluation`` ("plain", "mirror TTA", ...).
 """
 
@@ -116,17 +117,20 @@ def evaluate_run(run_id: str, args: argparse.Namespace, device: torch.device) ->
     return evaluate_bundle(bundle, run_id, "plain", args, device)
 
 
-def snapshot_members(run_id: str, count: int, device: torch.device, tta: bool) -> list:
-    """The last ``count`` checkpoints of a run kept in ``<run>/snapshots/`` (a checkpoint ensemble), newest
-    last; the final checkpoint is the newest member."""
+def snapshot_members(run_id: str, count: int, device: torch.device, tta: bool, gap: int) -> list:
+    """A checkpoint ensemble: the run's final checkpoint and ``count - 1`` earlier ones kept in
+    ``<run>/snapshots/``, going back from the final one at least ``gap`` steps apart; oldest first."""
     run_dir = runs.run_dir_of(run_id)
-    snapshots = sorted((run_dir / "snapshots").glob("*.pt"))
     final = evaluation.load_dose_run(run_dir, device=device, tta=tta)
-    members = [evaluation.load_dose_run(run_dir, device=device, tta=tta, checkpoint=p) for p in snapshots]
-    members = [m for m in members if m.run.step != final.run.step][-(count - 1):] if count > 1 else []
-    if len(members) < count - 1:
-        raise SystemExit(f"{run_id}: {len(members) + 1} checkpoints kept, {count} asked for")
-    return [*members, final]
+    snapshots = [evaluation.load_dose_run(run_dir, device=device, tta=tta, checkpoint=p)
+                 for p in sorted((run_dir / "snapshots").glob("*.pt"))]
+    members = [final]
+    for snap in sorted(snapshots, key=lambda m: -(m.run.step or 0)):
+        if len(members) < count and (snap.run.step or 0) <= (members[-1].run.step or 0) - gap:
+            members.append(snap)
+    if len(members) < count:
+        raise SystemExit(f"{run_id}: {len(members)} checkpoints {gap} steps apart kept, {count} asked for")
+    return members[::-1]
 
 
 def evaluate_bundle(bundle, run_id: str, evaluation_kind: str, args: argparse.Namespace,
@@ -235,7 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ensemble", action="store_true",
                         help="also score the mean of the runs given (with mirror TTA too when --tta)")
     parser.add_argument("--snapshots", type=int, default=0, metavar="N",
-                        help="also score each run's checkpoint ensemble: its last N kept checkpoints")
+                        help="also score each run's checkpoint ensemble: N kept checkpoints")
+    parser.add_argument("--snapshot-gap", type=int, default=100, metavar="STEPS",
+                        help="at least this many optimizer steps between the ensemble's checkpoints")
     parser.add_argument("--merge", action="store_true",
                         help="keep the variants already in --out whose training runs are not evaluated again")
     args = parser.parse_args(argv)
@@ -259,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
             bundle.variant += " + mirror TTA"
             record_result(*evaluate_bundle(bundle, run_id, "mirror TTA", args, device))
         for tta in ([False, True] if args.tta else [False]) if args.snapshots > 1 else []:
-            members = snapshot_members(run_id, args.snapshots, device, tta)
+            members = snapshot_members(run_id, args.snapshots, device, tta, args.snapshot_gap)
             label = f"checkpoint ensemble of {args.snapshots}" + (" + mirror TTA" if tta else "")
             combined = ensemble.DoseEnsemble(members, variant=f"{members[-1].variant}, {label}")
             record_result(*evaluate_bundle(combined, run_id, label, args, device))

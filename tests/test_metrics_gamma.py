@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ctlib.metrics import gamma
+from ctlib.metrics import gamma, gamma_search
 
 CRITERIA = {"dose_percent": 3.0, "distance_mm": 3.0, "cutoff_percent": 10.0, "max_gamma": 2.0}
 
@@ -71,16 +71,27 @@ def _assert_agrees_with_pymedphys(reference, evaluated, spacing_mm, **criteria):
 
 
 def test_search_offsets_follow_pymedphys():
-    radii = gamma.shell_distances_mm(3.0, 2.0, 10)
+    radii = gamma_search.shell_distances_mm(3.0, 2.0, 10)
     assert radii[0] == 0.0 and 3.0 in radii and radii[-1] <= 6.0 + 1e-9 and radii[-1] > 5.6
     assert np.all(np.diff(radii) > -1e-12) and np.max(np.diff(radii)) <= 0.3 + 1e-9
-    points = gamma.shell_points_mm(1.5, 0.3, 3)
+    points = gamma_search.shell_points_mm(1.5, 0.3, 3)
     np.testing.assert_allclose(np.linalg.norm(points, axis=1), 1.5)
     assert np.all(np.abs(points).max(0) > 1.49)  # reaches out along every axis
-    circle = gamma.shell_points_mm(1.5, 0.3, 2)
+    circle = gamma_search.shell_points_mm(1.5, 0.3, 2)
     np.testing.assert_allclose(np.linalg.norm(circle, axis=1), 1.5)
     assert np.max(np.linalg.norm(np.diff(circle, axis=0), axis=1)) <= 0.3
-    assert gamma.shell_points_mm(0.0, 0.3, 3).tolist() == [[0.0, 0.0, 0.0]]
+    assert gamma_search.shell_points_mm(0.0, 0.3, 3).tolist() == [[0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("distance_mm,max_gamma,interp_fraction", [(3.0, 2.0, 10), (2.0, 1.5, 5)])
+def test_search_offsets_are_pymedphys_shells(distance_mm, max_gamma, interp_fraction):
+    shells = pytest.importorskip("pymedphys._utilities.createshells")
+    step = distance_mm / interp_fraction
+    for radius in gamma_search.shell_distances_mm(distance_mm, max_gamma, interp_fraction):
+        for ndim in (3, 2):
+            theirs = getattr(shells, f"calculate_coordinates_shell_{ndim}d")(radius, step)
+            ours = gamma_search.shell_points_mm(radius, step, ndim)
+            np.testing.assert_allclose(ours, np.stack(theirs, axis=1), rtol=0, atol=1e-12)  # same order too
 
 
 @pytest.mark.parametrize("shape,spacing_mm", [((8, 12, 12), (2.5, 4.0, 4.0)), ((14, 16), (2.0, 3.0))])
@@ -163,6 +174,44 @@ def test_chunking_and_bands_do_not_change_the_result():
         other = gamma.gamma_index(dose, evaluated, spacing, **options)
         np.testing.assert_allclose(other.gamma, default.gamma, atol=1e-6)
         assert other.pass_rate_percent == default.pass_rate_percent
+
+
+@pytest.mark.parametrize("shift_voxels,scale", [((0.4, -0.3, 0.6), 1.02), ((1.0, 0.0, 0.0), 0.97)])
+def test_pass_only_decides_the_same_voxels_with_less_search(shift_voxels, scale, monkeypatch):
+    spacing = (2.5, 3.5, 4.0)
+    rng = np.random.default_rng(2)
+    dose = _blob((12, 14, 14), spacing) + (ndimage.gaussian_filter(rng.random((12, 14, 14)), 1.5) * 12)
+    evaluated = (ndimage.shift(dose, shift_voxels, order=1, mode="nearest") * scale).astype(np.float32)
+    offsets = []  # offsets evaluated (times voxels), counted where the candidates are computed
+    lower = gamma_search._lower
+
+    def counted(current, weights, *rest):
+        offsets.append(weights.shape[0] * current.numel())
+        lower(current, weights, *rest)
+
+    monkeypatch.setattr(gamma_search, "_lower", counted)
+    full = gamma.gamma_index(dose.astype(np.float32), evaluated, spacing)
+    full_work, offsets[:] = sum(offsets), []
+    fast = gamma.gamma_index(dose.astype(np.float32), evaluated, spacing, pass_only=True)
+    assert fast.pass_rate_percent == full.pass_rate_percent and 0 < full.pass_rate_percent < 100
+    np.testing.assert_array_equal(np.isnan(fast.gamma), np.isnan(full.gamma))
+    np.testing.assert_array_equal(fast.gamma <= 1, full.gamma <= 1)
+    # near misses (gamma in (1, 1.2]) are decided too, and the search did less than half the work
+    assert np.sum((full.gamma > 1) & (full.gamma <= 1.2)) > 0
+    assert sum(offsets) < 0.5 * full_work
+
+
+def test_pass_only_finds_a_pass_whose_cell_bound_is_tight():
+    """10 Gy everywhere, evaluated 50 tolerances high for x <= 3 and 0.7 tolerance high beyond (1 mm voxels):
+    voxel x = 2 passes only through the uniform cells 2 mm or more away, at gamma^2 = 0.7^2 + 0.7^2 = 0.98
+    (offset 2.1 mm along x), so the cells' lower bound (0.49 + 0.49) leaves almost no margin."""
+    dose = np.full((3, 3, 12), 10.0, np.float32)
+    evaluated = dose + 0.3 * np.where(np.arange(12) <= 3, 50.0, 0.7).astype(np.float32)
+    full = gamma.gamma_index(dose, evaluated, (1.0, 1.0, 1.0))
+    fast = gamma.gamma_index(dose, evaluated, (1.0, 1.0, 1.0), pass_only=True)
+    assert full.gamma[1, 1, 2] ** 2 == pytest.approx(0.98, abs=1e-5)
+    assert full.gamma[1, 1, 1] > 1 and full.gamma[1, 1, 3] < 1
+    np.testing.assert_array_equal(fast.gamma <= 1, full.gamma <= 1)
 
 
 def test_bad_input_raises():

@@ -57,7 +57,7 @@ class DoseRun(run_checkpoint.RunKind):
         if self.kind == "diffusion":
             return "diffusion"
         factor = int(self.model_config.get("resolution_factor", 1))
-        return str(self.model_config["loss"]) + (f", whole patient /{factor}" if factor > 1 else "")
+        return str(self.model_config["loss"]) + (f", whole patient pooled x{factor}" if factor > 1 else "")
 
     @classmethod
     def load(

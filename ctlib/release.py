@@ -337,3 +337,24 @@ def read_release(name_or_dir: str | os.PathLike, kind: str | None = None) -> Loa
         problem = f"not readable safetensors ({type(err).__name__}: {err})"
         raise CTInputError(folder / WEIGHTS_FILE, problem) from None
     return LoadedRelease(path=folder, config=config, tensors=tensors)
+
+
+# ------------------------------------------------------------------------------------ model cards
+def card_fields(card: Any, cls: type) -> Any:
+    """The card-fields dataclass ``cls`` (a ``ConfigDict``) from an instance, a dict, or a ``.json`` /
+    ``.yaml`` file; ``None`` gives an empty one (unknown keys are refused by ``cls.from_dict``)."""
+    if card is None:
+        return cls()
+    if isinstance(card, cls):
+        return card
+    if isinstance(card, str | Path):
+        text = Path(card).read_text()
+        if str(card).endswith((".yaml", ".yml")):
+            import yaml
+
+            card = yaml.safe_load(text) or {}
+        else:
+            card = json.loads(text)
+    if not isinstance(card, dict):
+        raise ValueError(f"a model card is a mapping of {cls.__name__} fields, got {type(card).__name__}")
+    return cls.from_dict(dict(card))

@@ -10,11 +10,11 @@ never invents numbers. ``render_for_release`` fills the rest from the exported b
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ctlib import release
 from ctlib.config import ConfigDict
 from ctlib.models import run_checkpoint
 from ctlib.runs import record
@@ -52,21 +52,7 @@ class DoseCard(ConfigDict):
 
 def card_info(card: DoseCard | dict[str, Any] | str | Path | None) -> DoseCard:
     """A ``DoseCard`` from itself, a dict, or a ``.json`` / ``.yaml`` file; ``None`` gives an empty one."""
-    if card is None:
-        return DoseCard()
-    if isinstance(card, DoseCard):
-        return card
-    if isinstance(card, str | Path):
-        text = Path(card).read_text()
-        if str(card).endswith((".yaml", ".yml")):
-            import yaml
-
-            card = yaml.safe_load(text) or {}
-        else:
-            card = json.loads(text)
-    if not isinstance(card, dict):
-        raise ValueError(f"a model card is a mapping of DoseCard fields, got {type(card).__name__}")
-    return DoseCard.from_dict(dict(card))
+    return release.card_fields(card, DoseCard)
 
 
 def _value(text: Any) -> str:

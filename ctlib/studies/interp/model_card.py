@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ctlib import release
 from ctlib.config import ConfigDict
 from ctlib.models import run_checkpoint
 
@@ -47,21 +48,7 @@ class CardInfo(ConfigDict):
 
 def card_info(card: CardInfo | dict[str, Any] | str | Path | None) -> CardInfo:
     """A ``CardInfo`` from itself, a dict, or a ``.json`` / ``.yaml`` file; ``None`` gives an empty one."""
-    if card is None:
-        return CardInfo()
-    if isinstance(card, CardInfo):
-        return card
-    if isinstance(card, str | Path):
-        text = Path(card).read_text()
-        if str(card).endswith((".yaml", ".yml")):
-            import yaml
-
-            card = yaml.safe_load(text) or {}
-        else:
-            card = json.loads(text)
-    if not isinstance(card, dict):
-        raise ValueError(f"a model card is a mapping of CardInfo fields, got {type(card).__name__}")
-    return CardInfo.from_dict(dict(card))
+    return release.card_fields(card, CardInfo)
 
 
 def run_facts(checkpoint: str | Path) -> dict[str, Any]:

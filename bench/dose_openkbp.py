@@ -122,11 +122,13 @@ def snapshot_members(run_id: str, count: int, device: torch.device, tta: bool, g
     ``<run>/snapshots/``, going back from the final one at least ``gap`` steps apart; oldest first."""
     run_dir = runs.run_dir_of(run_id)
     final = evaluation.load_dose_run(run_dir, device=device, tta=tta)
-    snapshots = [evaluation.load_dose_run(run_dir, device=device, tta=tta, checkpoint=p)
-                 for p in sorted((run_dir / "snapshots").glob("*.pt"))]
     members = [final]
-    for snap in sorted(snapshots, key=lambda m: -(m.run.step or 0)):
-        if len(members) < count and (snap.run.step or 0) <= (members[-1].run.step or 0) - gap:
+    # snapshot files are named by the time they were kept: newest first, loaded only until enough are found
+    for path in sorted((run_dir / "snapshots").glob("*.pt"), reverse=True):
+        if len(members) == count:
+            break
+        snap = evaluation.load_dose_run(run_dir, device=device, tta=tta, checkpoint=path)
+        if (snap.run.step or 0) <= (members[-1].run.step or 0) - gap:
             members.append(snap)
     if len(members) < count:
         raise SystemExit(f"{run_id}: {len(members)} checkpoints {gap} steps apart kept, {count} asked for")

@@ -33,15 +33,24 @@ def _pad_amounts(shape: Sequence[int], factor: int) -> list[int]:
     return pads
 
 
+def pad_to_shape(volume: torch.Tensor, shape: Sequence[int], fill: Sequence[float]) -> torch.Tensor:
+    """``(..., C, D, H, W)`` padded at the far end of D, H and W to ``shape``, channel c with ``fill[c]``."""
+    pads: list[int] = []
+    for n, target in zip(reversed(volume.shape[-3:]), reversed(list(shape)), strict=True):
+        pads += [0, int(target) - int(n)]
+    if not any(pads):
+        return volume
+    channel_axis = volume.ndim - 4
+    return torch.cat(
+        [F.pad(volume.narrow(channel_axis, c, 1), pads, value=float(v)) for c, v in enumerate(fill)],
+        dim=channel_axis,
+    )
+
+
 def pad_channels(inputs: torch.Tensor, factor: int, fill: Sequence[float]) -> torch.Tensor:
     """``(B, C, D, H, W)`` padded at the far end of D, H and W to multiples of ``factor``,
     channel ``c`` with ``fill[c]``."""
-    pads = _pad_amounts(inputs.shape, factor)
-    if not any(pads):
-        return inputs
-    return torch.cat(
-        [F.pad(inputs[:, c : c + 1], pads, value=float(v)) for c, v in enumerate(fill)], dim=1
-    )
+    return pad_to_shape(inputs, [-(-int(n) // factor) * factor for n in inputs.shape[-3:]], fill)
 
 
 def input_fill(num_channels: int, include_pdm: bool) -> list[float]:
@@ -58,11 +67,18 @@ def pool_inputs(inputs: torch.Tensor, factor: int, *, include_pdm: bool = True) 
     return F.avg_pool3d(padded, factor)
 
 
+def pool_mask(pdm: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(B, 1, D, H, W)`` possible-dose mask -> the coarse mask: blocks with any pdm voxel."""
+    if factor == 1:
+        return pdm.bool()
+    return F.avg_pool3d(F.pad(pdm.float(), _pad_amounts(pdm.shape, factor)), factor) > 0
+
+
 def pool_dose(
     dose_gy: torch.Tensor, pdm: torch.Tensor, factor: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked average pooling: ``(B, 1, D, H, W)`` dose and pdm -> coarse dose (mean over the pdm voxels
-    of each block, 0 where there is none) and the coarse mask (blocks with any pdm voxel)."""
+    of each block, 0 where there is none) and the coarse mask (``pool_mask``)."""
     mask = pdm.to(dose_gy.dtype)
     if factor == 1:
         return dose_gy * mask, pdm.bool()

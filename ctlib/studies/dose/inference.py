@@ -129,7 +129,7 @@ def predict_patient(
     factor = int(resolution_factor)
     if factor > 1:
         inputs = coarse.pool_inputs(inputs, factor, include_pdm=include_pdm)
-        coarse_pdm = coarse.pool_dose(torch.zeros(pdm.shape), pdm, factor)[1]
+        coarse_pdm = coarse.pool_mask(pdm, factor)
     dose = predict_dose(model, inputs, constraints, None, **options)  # type: ignore[arg-type]
     if mirror_tta:
         names = [str(n) for n in patient.roi_names], [str(n) for n in patient.constraint_names]

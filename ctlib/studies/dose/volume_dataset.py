@@ -16,21 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ctlib.data import windows
 from ctlib.studies.dose import augment, coarse, datasets
 from ctlib.studies.dose.patient_file import SDF_CLIP_MM, DosePatient, load_dose_patient
-
-
-def _pad_to(t: torch.Tensor, shape: Sequence[int], fill: Sequence[float] | float) -> torch.Tensor:
-    pads: list[int] = []
-    for n, target in zip(reversed(t.shape[-3:]), reversed(list(shape)), strict=True):
-        pads += [0, int(target) - int(n)]
-    if not any(pads):
-        return t
-    fills = [fill] * t.shape[0] if isinstance(fill, int | float) else list(fill)
-    return torch.cat([F.pad(t[c : c + 1], pads, value=float(v)) for c, v in enumerate(fills)])
 
 
 class CoarseDoseVolumes:
@@ -74,11 +63,11 @@ class CoarseDoseVolumes:
         fill = coarse.input_fill(items[0]["inputs"].shape[0], self.include_pdm)
         self.items = [
             {
-                "inputs": _pad_to(it["inputs"], self.shape, fill).to(device),
+                "inputs": coarse.pad_to_shape(it["inputs"], self.shape, fill).to(device),
                 "constraints": it["constraints"].to(device),
-                "dose": _pad_to(it["dose"], self.shape, 0.0).to(device),
-                "pdm": _pad_to(it["pdm"], self.shape, 0).to(device),
-                "masks": _pad_to(it["masks"], self.shape, 0).to(device),
+                "dose": coarse.pad_to_shape(it["dose"], self.shape, [0.0]).to(device),
+                "pdm": coarse.pad_to_shape(it["pdm"], self.shape, [0]).to(device),
+                "masks": coarse.pad_to_shape(it["masks"], self.shape, [0] * it["masks"].shape[0]).to(device),
             }
             for it in items
         ]

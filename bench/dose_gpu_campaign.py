@@ -23,20 +23,20 @@ checkpoints, no patient arrays): at most 5 files of the 8 that come back.
 Device (nvidia-h200; one command, timeout_s 600, about 12 minutes of device time with the start). First,
 here: ``python bench/device_pack.py --subset dose`` (the slim wheels in .whl/, 6.3 MiB; all 140 patients in
 .campaign_data/openkbp_pack/, 51.5 MiB; then its budget lines). The whole tree (65 MiB on 2026-12-04)
-cannot travel beside the pack, so for that one call the index is slimmed, nothing committed (4.5 MiB left; ``git reset -q`` and removing the exclude file
-restore it after the call)::
+cannot travel beside the pack, so for that one call the index is slimmed, nothing committed (4.5 MiB
+left; ``git reset -q`` and removing the exclude file restore it after the call)::
 
     git rm -r -q --cached experiments figures weights $(git ls-files notebooks | grep -v ^notebooks/dose/)
-    { printf '/experiments/\n/figures/\n/weights/\n'; git ls-files -o --exclude-standard notebooks | sed 's|^|/|'; } \
->> .git/info/exclude
+    { printf '/experiments/\n/figures/\n/weights/\n'; \
+git ls-files -o --exclude-standard notebooks | sed 's|^|/|'; } >> .git/info/exclude
     python bench/device_pack.py --subset dose --slim-wheels --dose-patients train=80 validation=1 test=40
 
 Ran so on one H200 on 2026-12-04 (503 s: unpack 3, preprocess 29, train 374, evaluate 83, export 14; 3,000
 steps; dose score 3.60 Gy, DVH score 2.00 Gy with mirror TTA; ``bench/results/dose_openkbp_gpu_h200.json``).
-Expected seconds before that run: install 20-30, unpack 5, preprocess 25, training notebook ``max_minutes`` x 60 + 60 (loading 80
-patients, validating 20), evaluation 60-90 (40 patients twice, gamma on the GPU), export and archive 15;
-``--budget-s`` 560 and ``--reserve-s`` 200 give ``max_minutes`` of about 5.4. Then, with carry [".whl",
-".campaign_data"]::
+Expected seconds before that run: install 20-30, unpack 5, preprocess 25, training notebook
+``max_minutes`` x 60 + 60 (loading 80 patients, validating 20), evaluation 60-90 (40 patients twice,
+gamma on the GPU), export and archive 15; ``--budget-s`` 560 and ``--reserve-s`` 200 give ``max_minutes``
+of about 5.4. Then, with carry [".whl", ".campaign_data"]::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD CTLIB_RUNS_DIR=/tmp/dose_runs PYTHONUNBUFFERED=1 && \

@@ -1,5 +1,5 @@
-"""The ``ctlib`` command: ``info``, ``run``, ``index``, ``archive``, ``demo``, and the subcommands of each
-study (``ctlib/studies/*/cli.py``).
+"""The ``ctlib`` command: ``info``, ``run``, ``sweep``, ``index``, ``archive``, ``demo``, and the subcommands
+of each study (``ctlib/studies/*/cli.py``).
 
 Bad input ends with exit status 2 and one line on stderr that names the file and the problem.
 """
@@ -84,11 +84,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from ctlib import runs
     from ctlib.runs import index as experiments_index
-    from ctlib.runs import report
+    from ctlib.runs import report, torchrun_ids
 
+    run_id = args.run_id
     try:
+        if torchrun_ids.under_torchrun():  # a rank of a DDP job: ids agreed without talking
+            declared = run_params.notebook_defaults(notebook)
+            run_id, resume = torchrun_ids.torchrun_run_id(
+                run_id, run_params.notebook_stem(notebook), "resume_run_id" in declared)
+            overrides = {**resume, **overrides}
         result = runs.run_notebook(
-            args.notebook, parameter_set=args.parameter_set, overrides=overrides, raise_on_failure=False
+            args.notebook, parameter_set=args.parameter_set, overrides=overrides, run_id=run_id,
+            raise_on_failure=False,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"ctlib run: {' '.join(str(err).split())}", file=sys.stderr)
@@ -184,6 +191,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ctlib`` command (its subcommands' parsers are of the same class)."""
+    from ctlib.runs import sweep_cli
+
     parser = OneLineParser(prog="ctlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -196,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebook", help="path of the notebook, e.g. notebooks/slice_interp/...ipynb")
     run.add_argument("-p", "--parameter-set", help="papermill_params/<notebook stem>/<SET>.yaml")
     run.add_argument("-P", "--param", action="append", default=[], metavar="KEY=VALUE", help="override")
+    run.add_argument("--run-id", help="the run's id (default: new; `ctlib sweep` names its members' ids)")
     run.set_defaults(func=_cmd_run)
+
+    sweep_cli.add_subcommand(sub)
 
     index = sub.add_parser(
         "index", help="write the index of runs/ and experiments/ (default: INDEX.md in the runs folder)"

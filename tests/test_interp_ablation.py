@@ -245,3 +245,36 @@ def test_summarize_averages_over_volumes_in_grid_order():
     assert (summary["volumes"] == 2).all()
     np.testing.assert_allclose(summary["psnr_full_db"], [0.5, 10.5, 20.5])
     np.testing.assert_allclose(summary["seconds_per_step"], [0.5, 10.5, 20.5])
+
+
+def test_a_sweep_of_the_notebook_is_gathered_from_its_completed_members(tmp_path):
+    """`-p cpu-real-sweep` runs one setting per member; `sweep_id` has the notebook read their tables back."""
+    from ctlib import paths
+    from ctlib.runs import params as run_params
+    from ctlib.runs import record as run_record
+    from ctlib.runs import sweep as sweeps
+
+    notebook = "notebooks/slice_interp/2026-11-23_06_sampling_ablation.ipynb"
+    grid = run_params.load_sweep_section(notebook, "cpu-real-sweep")["grid"]
+    sweep = sweeps.create_sweep(notebook, "cpu-real-sweep", grid)
+    for member in sweep.members[:3]:  # three members ran (the third failed), the rest never started
+        folder = paths.runs_dir() / sweep.run_id(member)
+        folder.mkdir()
+        record = run_record.RunRecord.started(sweep.run_id(member), notebook=notebook, notebook_stem="x")
+        record.finish(1.0, RuntimeError("out of memory") if member["index"] == 2 else None)
+        record.to_file(folder)
+        setting = {"sampler": "ddim", "steps": member["params"]["steps_list"][0],
+                   "eta": member["params"]["etas"][0], "samples": member["params"]["samples_list"][0]}
+        pd.DataFrame([{"volume_id": v, **setting, "psnr_full_db": 20.0 + member["index"] + i}
+                      for i, v in enumerate(["a", "b"])]).to_csv(folder / "results.csv", index=False)
+        pd.DataFrame([{"volume_id": "a", "setting": "s", **setting, "bin": 0, "std_hu": 1.0}] * (
+            setting["samples"] - 1)).reindex(columns=ablation.CALIBRATION_COLUMNS).to_csv(
+            folder / "calibration.csv", index=False)  # K = 1: the header only, as run_ablation writes it
+    out = ablation.gather_sweep(sweep.sweep_id)
+    assert list(out.table["psnr_full_db"]) == [20.0, 21.0, 21.0, 22.0] and out.kept == {}
+    assert list(out.table.columns[:5]) == ["volume_id", *ablation.SETTING_COLUMNS]
+    assert len(out.calibration) == 1 and list(out.calibration.columns) == ablation.CALIBRATION_COLUMNS
+    summary = ablation.summarize(out.table)
+    assert list(summary["samples"]) == [1, 2] and list(summary["volumes"]) == [2, 2]
+    table = sweeps.read_table(sweep.sweep_id)
+    assert list(table["status"]) == ["completed", "completed", "failed"] + ["missing"] * 9

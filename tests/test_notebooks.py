@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from ctlib import paths
+from ctlib.runs import params as run_params
 
 ROOT = paths.repo_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").rglob("*.ipynb"))
@@ -61,7 +62,8 @@ def test_notebook_structure(notebook: Path):
         )
     for set_file in sorted(sets.glob("*.yaml")):
         values = yaml.safe_load(set_file.read_text()) or {}
-        unknown = set(values) - set(names)
+        grid = (values.pop(run_params.SWEEP_KEY, None) or {}).get("grid", {})  # a set may name a sweep's grid
+        unknown = (set(values) | set(grid)) - set(names)
         assert not unknown, f"{set_file.name} sets unknown parameters {sorted(unknown)}"
 
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -99,3 +99,12 @@ def figure_provenance(parameters: dict[str, Any]) -> dict[str, Any]:
         "git_dirty": git.get("dirty"),
         "parameters": parameters,
     }
+
+
+CHECKPOINT_FOLDER = "checkpoints"  # = ctlib.checkpoint.CHECKPOINT_FOLDER (that module imports torch)
+
+
+def has_checkpoint(run_id: str) -> bool:
+    """Whether a run left a checkpoint (``<run>/checkpoints/*``) that a later run can resume from."""
+    folder = paths.runs_dir() / run_id / CHECKPOINT_FOLDER
+    return folder.is_dir() and any(folder.iterdir())

@@ -141,6 +141,28 @@ def render_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_sweeps(runs_dir: Path) -> str:
+    """The sweeps (``ctlib sweep``) of the runs folder and the archive: grid, members per status, table."""
+    from ctlib.runs import sweep as sweeps
+
+    found = sweeps.list_sweeps(runs_dir)
+    if not found:
+        return ""
+    lines = ["", f"Sweeps ({len(found)}): members are the runs above; the table of each is `sweep_table.csv` "
+             "beside its `sweep.json`.", "", "| Sweep | Notebook | Set | Grid | Members | Table |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for sweep in found:
+        info = sweeps.summary(sweep)
+        grid = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in info["grid"].items())
+        grid += f"; seeds: {info['seeds']}" if info["seeds"] else ""
+        counts = ", ".join(f"{n} {s}" for s, n in info["status"].items())
+        table = _display(Path(info["table"]).parent) + sweeps.TABLE_FILE
+        cells = [f"`{info['sweep_id']}`", _notebook_label(info["notebook"]),
+                 info["parameter_set"] or "defaults", grid, f"{info['members']} ({counts})", table]
+        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_index(
     path: Path | None = None,
     runs_dir: Path | None = None,
@@ -175,7 +197,7 @@ def write_index(
             )
     entries = build_index(root, archive_root)
     text = "# Experiments index\n\n" + f"{BEGIN}\n\n" + _summary(entries, root, archive_root)
-    text += render_table(entries) + f"\n{END}\n\n" + notes
+    text += render_table(entries) + render_sweeps(root) + f"\n{END}\n\n" + notes
     atomic.write_text(path, text)
     return path
 
@@ -280,6 +302,8 @@ def parse_table(text: str) -> list[dict[str, Any]]:
     """
     rows, header = [], None
     for line in text.splitlines():
+        if header is not None and not line.startswith("|"):
+            break  # the end of the runs table (the sweeps table below it has other columns)
         if not line.startswith("|") or line.startswith("| ---"):
             continue
         cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]

@@ -20,6 +20,7 @@ from ctlib import paths
 
 PARAMETERS_TAG = "parameters"
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+SWEEP_KEY = "sweep"  # the section of a parameter set that names the grid of a sweep
 RUN_ID_PARAMETER = "run_id"  # a notebook that declares it receives its own run id
 
 
@@ -148,7 +149,23 @@ def load_set(notebook: str | Path, parameter_set: str, params_root: Path | None 
         raise ValueError(
             f"{file}: expected a mapping of parameter names to values, found {type(data).__name__}"
         )
+    data.pop(SWEEP_KEY, None)  # the grid of `ctlib sweep` (load_sweep_section), not a parameter
     return data, file
+
+
+def load_sweep_section(
+    notebook: str | Path, parameter_set: str, params_root: Path | None = None
+) -> dict[str, Any]:
+    """The ``sweep:`` mapping of a parameter set (``grid``: name -> list of values, ``seeds``: N), or ``{}``.
+
+    A set that names a grid is a plain set for ``ctlib run`` (the grid is ignored there) and the sweep's
+    definition for ``ctlib sweep NOTEBOOK -p SET``."""
+    load_set(notebook, parameter_set, params_root)  # the same refusals as a run
+    file = Path(params_root or params_root_default()) / notebook_stem(notebook) / f"{parameter_set}.yaml"
+    section = (yaml.safe_load(file.read_text()) or {}).get(SWEEP_KEY) or {}
+    if not isinstance(section, dict) or not isinstance(section.get("grid", {}), dict):
+        raise ValueError(f"{file}: '{SWEEP_KEY}:' must be a mapping with 'grid: {{name: [values, ...]}}'")
+    return section
 
 
 def resolve_parameters(

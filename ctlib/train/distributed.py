@@ -74,13 +74,30 @@ def setup_distributed(
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(world.local_rank)
+    timeout = dt.timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend=backend or ("nccl" if cuda else "gloo"),
         rank=world.rank,
         world_size=world.world_size,
-        timeout=dt.timedelta(seconds=timeout_s),
+        timeout=timeout,
+        store=_attempt_store(world, timeout),
     )
     return dataclasses.replace(world, distributed=True)
+
+
+def _attempt_store(world: WorldInfo, timeout: dt.timedelta) -> Any:
+    """Under torchrun, the ``env://`` store behind a prefix of this attempt (``TORCHELASTIC_RESTART_COUNT``).
+
+    After torchrun restarts its workers (a worker died), the agent's store can still hold the addresses the
+    dead attempt's ranks published, and a new rank that reads one first fails with "Gloo connectFullMesh
+    failed ... Connection refused" (seen on torch 2.13 with the c10d rendezvous, 1 run in 3). A prefix per
+    attempt keeps each attempt to its own keys. ``None`` (plain ``env://``) outside torchrun."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    rendezvous = dist.rendezvous("env://", rank=world.rank, world_size=world.world_size, timeout=timeout)
+    store, _, _ = next(rendezvous)
+    return dist.PrefixStore(f"/ctlib/attempt_{attempt}", store)
 
 
 def cleanup_distributed() -> None:

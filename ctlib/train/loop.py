@@ -169,13 +169,17 @@ def train(
     ``lr_schedules``). ``callback(record, model)`` runs at every log step; returning ``True`` stops
     after a checkpoint, and so does ``config.max_minutes`` of wall time in this call (the LR schedule is then
     not finished; started again, the run resumes up to ``config.steps``). ``resume=False`` starts over and
-    replaces an existing checkpoint.
+    replaces an existing checkpoint. Under ``torchrun`` (``WORLD_SIZE`` > 1) a process that has not joined
+    the process group yet joins it here (``distributed.setup_distributed``), so a notebook's training cell
+    runs as one rank of a DDP job unchanged.
     """
     extra = dict(extra or {})
     clash = [k for k in RESERVED_EXTRA if k in extra]
     if clash:
         raise ValueError(f"train: extra must not use the reserved key(s) {clash}")
     world = world or distributed.world_from_env()
+    if world.world_size > 1 and not world.distributed:  # launched by torchrun: join its process group here
+        world = distributed.setup_distributed()
     if (
         getattr(data, "world_size", world.world_size) != world.world_size
         or getattr(data, "rank", world.rank) != world.rank

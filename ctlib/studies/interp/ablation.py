@@ -259,3 +259,22 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     summary = grouped[METRIC_COLUMNS].mean()
     summary["volumes"] = grouped.size()
     return summary.reset_index()
+
+
+def gather_sweep(sweep_id: str) -> AblationOutput:
+    """The ablation of a sweep of the sampling-ablation notebook (``ctlib sweep ... -p cpu-real-sweep``): the
+    ``results.csv`` and ``calibration.csv`` of its completed members (one setting each, read through the sweep
+    table), concatenated in member order; nothing is sampled and no full result is kept."""
+    from ctlib import runs
+    from ctlib.runs import sweep as sweeps
+
+    run_ids = sweeps.completed_run_ids(sweep_id)
+    if not run_ids:
+        raise ValueError(f"sweep {sweep_id}: no completed member to gather (ctlib sweep --status)")
+    folders = [runs.run_dir_of(run_id) for run_id in run_ids]
+    table = pd.concat([pd.read_csv(f / "results.csv") for f in folders], ignore_index=True)
+    curves = [pd.read_csv(f / "calibration.csv") for f in folders if (f / "calibration.csv").is_file()]
+    calibration = pd.concat([c for c in curves if len(c)], ignore_index=True) if any(len(c) for c in curves) \
+        else pd.DataFrame()
+    return AblationOutput(table.reindex(columns=["volume_id", *SETTING_COLUMNS, *METRIC_COLUMNS]), {},
+                          calibration.reindex(columns=CALIBRATION_COLUMNS))

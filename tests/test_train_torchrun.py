@@ -25,33 +25,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, kill_at: int) -> subprocess.CompletedProcess:
-    """torchrun as a SLURM node would start it (c10d rendezvous on an endpoint, one node here)."""
-    out.mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
-        "--rdzv-id",
-        out.name,
-        "--max-restarts",
-        "1",
-        "--monitor-interval",
-        "0.5",
-        str(WORKER),
-        str(out),
-        str(kill_at),
-    ]
+def torchrun(rdzv_id: str, *program: str, max_restarts: int = 0) -> subprocess.CompletedProcess:
+    """torchrun as a SLURM node would start it: c10d rendezvous on an endpoint (one node, 2 workers here)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", rdzv_id,
+               "--max-restarts", str(max_restarts), "--monitor-interval", "0.5", *program]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(paths.repo_root()))
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def _torchrun(out: Path, kill_at: int) -> subprocess.CompletedProcess:
+    out.mkdir()
+    return torchrun(out.name, str(WORKER), str(out), str(kill_at), max_restarts=1)
 
 
 @pytest.mark.slow
@@ -125,27 +110,7 @@ def test_a_notebook_run_as_two_ranks_of_one_ddp_job(tmp_path):
     notebook = write_notebook(
         tmp_path / "nb" / "2026-01-01_01_ddp_toy.ipynb", NOTEBOOK_PARAMETERS, NOTEBOOK_BODY
     )
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        f"127.0.0.1:{_free_port()}",
-        "--rdzv-id",
-        "toyjob",
-        "-m",
-        "ctlib.cli",
-        "run",
-        str(notebook),
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(paths.repo_root()))
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = torchrun("toyjob", "-m", "ctlib.cli", "run", str(notebook))
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     metrics = [runs_metrics(paths.runs_dir() / rid) for rid in ("ddp_toy_toyjob", "ddp_toy_toyjob-rank1")]
     assert [m["world_size"] for m in metrics] == [2, 2] and all(m["joined"] for m in metrics)

@@ -8,10 +8,11 @@ layer).
 - ``index``: ``EXPERIMENTS_INDEX.md`` built from the run directories and the archive.
 - ``archive``: light copies of the runs behind reported numbers in ``experiments/<run_id>/`` (in git).
 - ``report``: where a run's outputs are, the last lines of ``ctlib run`` and ``ctlib demo``.
-- ``sweep``: a grid of runs of one notebook (``ctlib sweep``): the sweep record, member statuses, the sweep table;
-  ``sweep_executors`` (local processes, one GPU each) and ``sweep_slurm`` (submitit job arrays) run the members,
-  ``sweep_cli`` is the command.
-- ``torchrun_ids``: the run ids of one ``ctlib run`` per rank under ``torchrun`` (DDP on several GPUs or nodes).
+- ``sweep``: a grid of runs of one notebook (``ctlib sweep``): the sweep record, member statuses, the
+  sweep table; ``sweep_executors`` (local processes, one GPU each) and ``sweep_slurm`` (submitit job
+  arrays) run the members, ``sweep_cli`` is the command.
+- ``torchrun_ids``: the run ids of one ``ctlib run`` per rank under ``torchrun`` (DDP, several GPUs or
+  nodes).
 
 Notebooks use the flat names re-exported here (``runs.current_run_dir()``, ``runs.run_dir_of(...)``).
 """

@@ -128,15 +128,20 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_archive(args: argparse.Namespace) -> int:
     from ctlib.runs import archive
     from ctlib.runs import index as experiments_index
+    from ctlib.runs import sweep as sweeps
 
+    max_file_bytes = int(args.max_file_mb * 2**20)
     try:  # every id is checked before anything is copied
         for run_id in args.run_ids:
-            archive.check_archivable(run_id, force=args.force)
-    except archive.ArchiveRefused as err:
-        print(f"ctlib archive: {err}", file=sys.stderr)
+            if not sweeps.is_sweep_id(run_id):
+                archive.check_archivable(run_id, force=args.force)
+        for sweep_id in filter(sweeps.is_sweep_id, args.run_ids):  # a sweep: its members, record and table
+            print(f"archived sweep {sweep_id} -> "
+                  f"{sweeps.archive_sweep(sweep_id, force=args.force, max_file_bytes=max_file_bytes)}")
+    except (archive.ArchiveRefused, FileNotFoundError) as err:
+        print(f"ctlib archive: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    max_file_bytes = int(args.max_file_mb * 2**20)
-    for run_id in args.run_ids:
+    for run_id in [r for r in args.run_ids if not sweeps.is_sweep_id(r)]:
         done = archive.archive_run(run_id, force=args.force, max_file_bytes=max_file_bytes)
         size = sum(done.files.values()) / 2**20
         print(f"archived {run_id} -> {done.path} ({len(done.files)} files, {size:.1f} MB)")
@@ -221,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.set_defaults(func=_cmd_index)
 
     keep = sub.add_parser("archive", help="keep completed runs in git: a light copy in experiments/<run_id>/")
-    keep.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="completed runs in runs/")
+    keep.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="completed runs in runs/, or sweep ids")
     keep.add_argument("--force", action="store_true", help="replace an existing experiments/<run_id>/")
     keep.add_argument(
         "--max-file-mb", type=_positive_mb, default=2.0, help="files larger than this are left out"

@@ -14,13 +14,13 @@ import pytest
 from test_runs import write_notebook
 
 from ctlib import cli, paths
+from ctlib.runs import archive, sweep_executors
 from ctlib.runs import index as experiments_index
 from ctlib.runs import params as run_params
 from ctlib.runs import record as run_record
 from ctlib.runs import sweep as sweeps
-from ctlib.runs import sweep_executors
 
-SWEEP_STEM = "2026-01-01_01_sweep_toy"
+SWEEP_STEM = "2026-01-01_01_grid_toy"
 PARAMETERS = """\
 alpha = 1  # int
 beta = "x"  # str
@@ -94,7 +94,7 @@ def test_parameter_sets_name_the_grid_of_the_ablations():
 
 # --------------------------------------------------------------------------------------- execution
 @pytest.mark.slow
-def test_local_sweep_two_by_two_with_a_failing_member_resumed(toy_notebook, tmp_path, capsys):
+def test_local_sweep_two_by_two_with_a_failing_member_resumed(toy_notebook, tmp_path, capsys, monkeypatch):
     flag = tmp_path / "fail.flag"
     flag.write_text("fail")
     code, summary, _ = _run_cli(
@@ -161,6 +161,17 @@ def test_local_sweep_two_by_two_with_a_failing_member_resumed(toy_notebook, tmp_
     listed = {row["run_id"] for row in experiments_index.parse_table(local_index)}
     assert {rid for m in sweep.members for rid in m["run_ids"]} <= listed
     assert sweep.sweep_id not in listed  # the sweeps table below is not read back as runs
+
+    monkeypatch.setenv(archive.ARCHIVE_ENV_VAR, str(tmp_path / "experiments"))
+    monkeypatch.setattr(paths, "repo_root", lambda: tmp_path)  # the index `ctlib archive` rewrites
+    code = cli.main(["archive", sweep.sweep_id])  # its members, record and table kept in git
+    assert code == 0, capsys.readouterr().err
+    kept = archive.archive_dir() / sweeps.SWEEPS_FOLDER / sweep.sweep_id
+    assert json.loads((kept / sweeps.SWEEP_FILE).read_text())["sweep_id"] == sweep.sweep_id
+    assert (kept / sweeps.TABLE_FILE).read_text() == (sweep.folder / sweeps.TABLE_FILE).read_text()
+    assert all((archive.archive_dir() / sweep.run_id(m) / "run.json").is_file() for m in sweep.members)
+    assert not (archive.archive_dir() / first_attempt).exists()  # the failed attempt is not kept
+    assert cli.main(["archive", sweep.sweep_id]) == 2 and "already exists" in capsys.readouterr().err
 
 
 @pytest.mark.slow

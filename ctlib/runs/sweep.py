@@ -284,5 +284,34 @@ def summary(sweep: Sweep) -> dict[str, Any]:
 
 
 def is_sweep_id(text: str) -> bool:
-    """Whether ``text`` has the form of a sweep id (``<UTC time>_sweep_<notebook>_<hex>``)."""
-    return bool(_SWEEP_ID.match(text))
+    """Whether ``text`` names a sweep: the form ``<UTC time>_sweep_<notebook>_<hex>`` and a record in the runs
+    folder (a run of a notebook whose name starts with ``sweep`` has that form too)."""
+    return bool(_SWEEP_ID.match(text)) and (sweeps_dir() / text / SWEEP_FILE).is_file()
+
+
+def archive_sweep(
+    sweep_id: str, *, force: bool = False, max_file_bytes: int = archive.MAX_FILE_BYTES
+) -> Path:
+    """``ctlib archive SWEEP_ID``: its completed members' runs (``archive.archive_run``; members already
+    archived are kept as they are unless ``force``), then its record and table in
+    ``experiments/sweeps/<id>/``. Refused (``ArchiveRefused``, one line) while a member has not
+    completed: resume it first."""
+    sweep = load_sweep(sweep_id)
+    pending = [f"{m['index']} ({sweep.status(m)})" for m in sweep.members if sweep.status(m) != "completed"]
+    if pending:
+        raise archive.ArchiveRefused(f"sweep {sweep_id}: members {', '.join(pending)} have not completed; "
+                                     f"`ctlib sweep --resume {sweep_id}` first")
+    for member in sweep.members:
+        run_id = sweep.run_id(member)
+        if force or not (archive.archive_dir() / run_id).exists():
+            archive.archive_run(run_id, force=force, max_file_bytes=max_file_bytes)
+    write_table(sweep)
+    target = archive.archive_dir() / SWEEPS_FOLDER / sweep_id
+    if target.exists() and not force:
+        raise archive.ArchiveRefused(f"{target} already exists: pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(target) as tmp:
+        tmp.mkdir()
+        for name in (SWEEP_FILE, TABLE_FILE):
+            (tmp / name).write_bytes((sweep.folder / name).read_bytes())
+    return target

@@ -76,6 +76,20 @@ def test_covering_grid_and_resampling_reproduce_a_linear_field():
     np.testing.assert_allclose(back, field(ct), atol=1e-3)  # every CT voxel lies inside the grid
 
 
+def test_the_grid_can_cover_the_body_box_only():
+    """A wide field of view with a small body: the grid covers the body's box (one voxel wider), and every
+    body voxel still lies inside it."""
+    ct = Volume(np.zeros((4, 100, 120)), (2.5, 1.0, 1.0))
+    body = np.zeros(ct.shape, bool)
+    body[1:3, 40:60, 30:50] = True
+    whole = model_grid.covering_grid(ct, (2.5, 2.0, 2.0))
+    boxed = model_grid.covering_grid(ct, (2.5, 2.0, 2.0), within=body)
+    assert whole.shape == (4, 50, 60) and boxed.shape == (4, 11, 11)  # z: 0..3 (box 1..2, one wider)
+    assert model_grid.covering_grid(ct, (2.5, 2.0, 2.0), within=np.zeros_like(body)).shape == whole.shape
+    ones = model_grid.resample(np.ones(boxed.shape, np.float32), boxed, ct, order=1, fill=0.0)
+    assert (ones[body] == 1.0).all() and ones.sum() < ones.size / 10
+
+
 def test_a_single_slice_covers_its_thickness_only():
     ct = Volume(np.full((1, 8, 8), 100.0), (3.0, 4.0, 4.0))
     grid = model_grid.covering_grid(ct, (1.0, 4.0, 4.0), min_shape=(9, 8, 8))
@@ -199,7 +213,7 @@ def test_a_dicom_export_of_an_openkbp_patient_predicts_as_the_patient(data_root,
     edit(case / "RS.dcm", StudyInstanceUID=reference.StudyInstanceUID)
     model = release_model.load_dose_release(tiny_release)
     summary = predict.predict_case(case, tmp_path / "out", model=model, device="cpu",
-                                   training_spacing_mm=patient.ct.spacing)
+                                   training_spacing_mm=patient.ct.spacing, crop_to_body=False)
     assert summary["model_grid"]["shape"] == [128, 128, 128] and summary["warnings"] == []
     from ctlib.studies.dose import features
 
@@ -357,6 +371,7 @@ def test_the_default_release_runs_the_dicompyler_example_from_the_command_line(t
     assert "out of its domain" in captured.err and summary["input"]["has_plan_dose"]
     pred = nifti.read_nifti(tmp_path / "dicompyler_example_dose_pred.nii.gz")
     assert pred.shape == (1, 512, 512)
+    assert summary["model_grid"]["shape"] == [128, 128, 128]  # the body's box fits one window
     ct = dicom_read.read_dicom_series([folder / "ct.0.dcm"], allow_single_slice=True)
     back = dicom_rt.read_rtdose(tmp_path / "dicompyler_example_dose_pred_rtdose.dcm", ct)
     scaling = float(pydicom.dcmread(tmp_path / "dicompyler_example_dose_pred_rtdose.dcm").DoseGridScaling)

@@ -37,12 +37,18 @@ def covering_grid(
     multiple: int = 1,
     min_shape: Sequence[int] = (1, 1, 1),
     direction: np.ndarray = OPENKBP_DIRECTION,
+    within: np.ndarray | None = None,
 ) -> Volume:
-    """A grid with ``spacing_mm`` ``(dz, dy, dx)`` and ``direction`` covering every voxel centre of ``ct``,
-    centred on them, of ``padded_shape``; its array is zeros (``(z, y, x)``)."""
+    """A grid with ``spacing_mm`` ``(dz, dy, dx)`` and ``direction`` covering every voxel centre of ``ct``
+    (with ``within``, a mask on ``ct``'s grid: only the bounding box of its voxels, one voxel wider), centred
+    on them, of ``padded_shape``; its array is zeros (``(z, y, x)``)."""
     direction = np.asarray(direction, dtype=np.float64)
-    nz, ny, nx = ct.shape
-    corners = np.array([[i, j, k, 1.0] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)])
+    box = [(0, n - 1) for n in ct.shape]
+    if within is not None and np.any(within):
+        nonzero = np.nonzero(np.asarray(within))
+        box = [(max(int(ix.min()) - 1, 0), min(int(ix.max()) + 1, n - 1)) for ix, n in zip(nonzero, ct.shape)]
+    (z0, z1), (y0, y1), (x0, x1) = box
+    corners = np.array([[i, j, k, 1.0] for i in (x0, x1) for j in (y0, y1) for k in (z0, z1)])
     lps = corners @ ct.index_to_lps()[:3].T  # (8, 3)
     along = lps @ direction  # coordinates along the new grid's x, y, z axes
     lo, hi = along.min(0), along.max(0)

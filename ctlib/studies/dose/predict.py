@@ -134,7 +134,7 @@ def _model_needs(members: list[Any]) -> tuple[int, tuple[int, int, int]]:
 
 
 def _on_model_grid(case: DoseCase, spacing_mm: tuple[float, float, float], multiple: int,
-                   smallest: tuple[int, int, int]) -> tuple[OpenKBPPatient, Any]:
+                   smallest: tuple[int, int, int], crop_to_body: bool = True) -> tuple[OpenKBPPatient, Any]:
     """The patient on the grid the model predicts on, and how to bring a dose on it back (a callable)."""
     from ctlib.studies.dose import model_grid
 
@@ -146,7 +146,8 @@ def _on_model_grid(case: DoseCase, spacing_mm: tuple[float, float, float], multi
         masks = {n: model_grid.pad_to(m, shape, False)[0] for n, m in p.structures.items()}
         grid_patient = OpenKBPPatient(p.patient_id, ct, np.zeros(shape, np.float32), pdm, masks, "predict")
         return grid_patient, lambda dose: dose[window]
-    grid = model_grid.covering_grid(p.ct, spacing_mm, multiple=multiple, min_shape=smallest)
+    grid = model_grid.covering_grid(p.ct, spacing_mm, multiple=multiple, min_shape=smallest,
+                                    within=p.possible_dose_mask if crop_to_body else None)
     ct = grid.with_array(model_grid.resample(p.ct.array, p.ct, grid, order=1, fill=AIR_HU))
     names = list(p.structures)
     stacked = np.stack([p.possible_dose_mask, *(p.structures[n] for n in names)]).astype(bool)
@@ -230,12 +231,15 @@ def predict_case(
     patient_id: str | None = None,
     overwrite: bool = False,
     training_spacing_mm: tuple[float, float, float] | None = None,
+    crop_to_body: bool = True,
 ) -> dict[str, Any]:
     """Predict one patient's dose and write the outputs of the module docstring; returns ``prediction.json``.
 
     ``model``: a release name or folder (default: the released ``dose_unet``), a ``ReleasedDoseModel``, or a
     bundle / ensemble (then ``training_spacing_mm``, default the OpenKBP median). ``tta``: mirror test-time
     augmentation on or off (``None``: as released). Existing outputs are refused unless ``overwrite``.
+    ``crop_to_body``: a DICOM CT's model grid covers the body's bounding box only (as OpenKBP's volumes are
+    cropped), not its whole field of view, where air would cost windows; ``False`` covers every voxel.
     """
     from ctlib.studies.dose import features, release_model
 
@@ -253,7 +257,7 @@ def predict_case(
     case = read_case(source, patient_id=patient_id)
     notes = [*case.warnings, *domain_warnings(case)]
     multiple, smallest = _model_needs(members)
-    grid_patient, back = _on_model_grid(case, released.training_spacing_mm, multiple, smallest)
+    grid_patient, back = _on_model_grid(case, released.training_spacing_mm, multiple, smallest, crop_to_body)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", features.DoseInputWarning)
         dose_patient = features.dose_patient_from_openkbp(grid_patient, "predict")

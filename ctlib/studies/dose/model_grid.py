@@ -46,7 +46,8 @@ def covering_grid(
     box = [(0, n - 1) for n in ct.shape]
     if within is not None and np.any(within):
         nonzero = np.nonzero(np.asarray(within))
-        box = [(max(int(ix.min()) - 1, 0), min(int(ix.max()) + 1, n - 1)) for ix, n in zip(nonzero, ct.shape)]
+        box = [(max(int(ix.min()) - 1, 0), min(int(ix.max()) + 1, n - 1))
+               for ix, n in zip(nonzero, ct.shape, strict=True)]
     (z0, z1), (y0, y1), (x0, x1) = box
     corners = np.array([[i, j, k, 1.0] for i in (x0, x1) for j in (y0, y1) for k in (z0, z1)])
     lps = corners @ ct.index_to_lps()[:3].T  # (8, 3)

@@ -206,7 +206,7 @@ def _checked(name: str, default: Any, value: Any, where: str) -> Any:
     if default is None or value is None or type(default) is str and isinstance(value, str):
         return value
     if isinstance(default, float) and isinstance(value, str):
-        value = _yaml_float(value)  # PyYAML (YAML 1.1) reads `lr: 1e-4` as a string
+        value = yaml_float(value)  # PyYAML (YAML 1.1) reads `lr: 1e-4` as a string
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -243,9 +243,9 @@ def parse_override(text: str) -> tuple[str, Any]:
             f"override {key.strip()}={raw}: the value is not valid YAML ({problem}); "
             "quote text, e.g. -P 'name=\"a b\"'"
         ) from None
-    return key.strip(), _yaml_float(value) if isinstance(value, str) else value
+    return key.strip(), yaml_float(value) if isinstance(value, str) else value
 
 
-def _yaml_float(text: str) -> float | str:
+def yaml_float(text: str) -> float | str:
     """``"1e-4"`` -> ``1e-4``: YAML 1.1 wants a dot in exponent floats; other text is unchanged."""
     return float(text) if _FLOAT.fullmatch(text.strip()) else text

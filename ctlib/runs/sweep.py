@@ -30,7 +30,13 @@ from ctlib import atomic, paths, provenance
 from ctlib.runs import archive
 from ctlib.runs import record as run_record
 from ctlib.runs.context import new_run_id, short_name
-from ctlib.runs.params import notebook_defaults, notebook_stem, resolve_notebook_path, resolve_parameters
+from ctlib.runs.params import (
+    notebook_defaults,
+    notebook_stem,
+    resolve_notebook_path,
+    resolve_parameters,
+    yaml_float,
+)
 from ctlib.runs.report import display_path
 
 SWEEPS_FOLDER = "sweeps"
@@ -59,11 +65,7 @@ def parse_grid_option(text: str) -> tuple[str, list[Any]]:
         raise ValueError(
             f"--grid {text!r}: the values are not a YAML list ({' '.join(str(err).split())})"
         ) from None
-    values = [
-        float(v) if isinstance(v, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", v) else v
-        for v in values
-    ]
-    return key.strip(), values
+    return key.strip(), [yaml_float(v) if isinstance(v, str) else v for v in values]
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]], seeds: int = 0) -> list[dict[str, Any]]:
@@ -99,16 +101,22 @@ class Sweep:
         """The member's latest attempt."""
         return str(member["run_ids"][-1])
 
-    def status(self, member: Mapping[str, Any], runs_dir: Path | None = None) -> str:
-        """From the latest attempt's ``run.json`` (runs folder, else the archive); ``missing`` without one."""
-        run_id = self.run_id(member)
-        for root in (Path(runs_dir or self.folder.parent.parent), archive.archive_dir()):
-            if run_record.has_record(root / run_id):
-                try:
-                    return run_record.read_record(root / run_id).effective_status()
-                except (OSError, ValueError, TypeError):
-                    return "unreadable"
-        return MISSING
+    def run_folder(self, member: Mapping[str, Any]) -> Path | None:
+        """The latest attempt's folder: in the runs folder, else in the archive; None when neither has it."""
+        for root in (self.folder.parent.parent, archive.archive_dir()):
+            if run_record.has_record(root / self.run_id(member)):
+                return root / self.run_id(member)
+        return None
+
+    def status(self, member: Mapping[str, Any]) -> str:
+        """From the latest attempt's ``run.json``; ``missing`` without one."""
+        folder = self.run_folder(member)
+        if folder is None:
+            return MISSING
+        try:
+            return run_record.read_record(folder).effective_status()
+        except (OSError, ValueError, TypeError):
+            return "unreadable"
 
     def statuses(self) -> list[str]:
         return [self.status(m) for m in self.members]
@@ -116,14 +124,13 @@ class Sweep:
     def save(self) -> Path:
         return atomic.write_json(self.folder / SWEEP_FILE, self.data)
 
-    def new_attempts(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    def new_attempts(self, indices: Sequence[int]) -> None:
         """A fresh run id for each member named (their earlier runs stay as they are); saved."""
         stem = notebook_stem(self.data["notebook"])
         taken = {rid for m in self.members for rid in m["run_ids"]}
         for i in indices:
             self.members[i]["run_ids"].append(_fresh_run_id(stem, taken))
         self.save()
-        return [self.members[i] for i in indices]
 
 
 def _fresh_run_id(stem: str, taken: set[str]) -> str:
@@ -174,9 +181,14 @@ def create_sweep(
     return sweep
 
 
+def _sweep_roots(runs_dir: Path | None) -> tuple[Path, Path]:
+    """Where sweep records are: the runs folder's ``sweeps/``, then the archive's."""
+    return sweeps_dir(runs_dir), archive.archive_dir() / SWEEPS_FOLDER
+
+
 def load_sweep(sweep_id: str, runs_dir: Path | None = None) -> Sweep:
     """The sweep record of ``runs/sweeps/<sweep_id>/`` (else of the archive), or a one-line error."""
-    for root in (sweeps_dir(runs_dir), archive.archive_dir() / SWEEPS_FOLDER):
+    for root in _sweep_roots(runs_dir):
         file = root / sweep_id / SWEEP_FILE
         if file.is_file():
             try:
@@ -193,7 +205,7 @@ def load_sweep(sweep_id: str, runs_dir: Path | None = None) -> Sweep:
 def list_sweeps(runs_dir: Path | None = None) -> list[Sweep]:
     """Every readable sweep of the runs folder and the archive (the runs folder's first), newest first."""
     found: dict[str, Sweep] = {}
-    for root in (sweeps_dir(runs_dir), archive.archive_dir() / SWEEPS_FOLDER):
+    for root in _sweep_roots(runs_dir):
         for file in sorted(root.glob(f"*/{SWEEP_FILE}")) if root.is_dir() else []:
             try:
                 found.setdefault(file.parent.name, Sweep(file.parent, json.loads(file.read_text())))
@@ -206,14 +218,9 @@ def list_sweeps(runs_dir: Path | None = None) -> list[Sweep]:
 def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per member: index, run id, attempts, status, the grid values, the scalar metrics."""
     rows = []
-    runs_root = sweep.folder.parent.parent
     for member in sweep.members:
-        run_id = sweep.run_id(member)
-        metrics: dict[str, Any] = {}
-        for root in (runs_root, archive.archive_dir()):
-            metrics = run_record.read_json_object(root / run_id / "metrics.json")
-            if metrics:
-                break
+        folder = sweep.run_folder(member)
+        metrics = run_record.read_json_object(folder / "metrics.json") if folder else {}
         scalars = {
             k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
         }
@@ -221,7 +228,7 @@ def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
         rows.append(
             {
                 "member": member["index"],
-                "run_id": run_id,
+                "run_id": sweep.run_id(member),
                 "attempts": len(member["run_ids"]),
                 "status": sweep.status(member),
                 **params,
@@ -231,9 +238,10 @@ def table_rows(sweep: Sweep) -> list[dict[str, Any]]:
     return rows
 
 
-def write_table(sweep: Sweep) -> Path:
-    """``sweep_table.csv`` beside the record (columns: member, run_id, attempts, status, grid, metrics)."""
-    rows = table_rows(sweep)
+def write_table(sweep: Sweep, rows: list[dict[str, Any]] | None = None) -> Path:
+    """``sweep_table.csv`` beside the record (columns: member, run_id, attempts, status, grid, metrics), of
+    ``rows`` when given (``table_rows``), else read now."""
+    rows = table_rows(sweep) if rows is None else rows
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -250,13 +258,10 @@ def read_table(sweep_id: str, *, completed_only: bool = False) -> Any:
     import pandas as pd
 
     sweep = load_sweep(sweep_id)
+    rows = table_rows(sweep)
     if sweep.folder.parent.parent == paths.runs_dir():
-        write_table(sweep)
-    table = (
-        pd.read_csv(sweep.folder / TABLE_FILE)
-        if (sweep.folder / TABLE_FILE).is_file()
-        else pd.DataFrame(table_rows(sweep))
-    )
+        write_table(sweep, rows)
+    table = pd.DataFrame(rows)
     return table[table["status"] == "completed"].reset_index(drop=True) if completed_only else table
 
 
@@ -299,8 +304,10 @@ def archive_sweep(
     sweep = load_sweep(sweep_id)
     pending = [f"{m['index']} ({sweep.status(m)})" for m in sweep.members if sweep.status(m) != "completed"]
     if pending:
-        raise archive.ArchiveRefused(f"sweep {sweep_id}: members {', '.join(pending)} have not completed; "
-                                     f"`ctlib sweep --resume {sweep_id}` first")
+        raise archive.ArchiveRefused(
+            f"sweep {sweep_id}: members {', '.join(pending)} have not completed; "
+            f"`ctlib sweep --resume {sweep_id}` first"
+        )
     for member in sweep.members:
         run_id = sweep.run_id(member)
         if force or not (archive.archive_dir() / run_id).exists():

@@ -26,10 +26,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ctlib import atomic, paths, provenance
+from ctlib import paths, provenance
 from ctlib.runs import record as run_record
 from ctlib.runs import sweep as sweeps
 from ctlib.runs.context import has_checkpoint
@@ -175,9 +174,3 @@ def detect_gpus() -> list[str]:
         return [str(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         return []
-
-
-def write_slurm_note(run_dir: Path, note: dict[str, Any]) -> None:
-    """``slurm.json`` in a run folder: which job ran it and where submitit wrote its logs."""
-    if run_dir.is_dir():
-        atomic.write_json(run_dir / "slurm.json", note)

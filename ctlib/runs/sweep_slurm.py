@@ -15,7 +15,7 @@ from typing import Any
 
 import submitit
 
-from ctlib import paths
+from ctlib import atomic, paths
 from ctlib.runs import execute, sweep_executors
 from ctlib.runs import record as run_record
 from ctlib.runs import sweep as sweeps
@@ -36,7 +36,8 @@ class MemberJob(submitit.helpers.Checkpointable):
             run_id=run_id,
             raise_on_failure=False,
         )
-        sweep_executors.write_slurm_note(Path(runs_dir) / run_id, _job_note())
+        if (Path(runs_dir) / run_id).is_dir():  # which job ran it and where submitit wrote its logs
+            atomic.write_json(Path(runs_dir) / run_id / "slurm.json", _job_note())
         with run_record.locked(sweep.folder):
             sweeps.write_table(sweeps.load_sweep(sweep_id, Path(runs_dir)))
         if result.status != "completed":
